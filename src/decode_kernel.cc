@@ -1,0 +1,74 @@
+// Dispatch table of the decode kernel: decode_kernel-inl.h compiled once per
+// SIMD target, and RunPlan choosing among them once per call.
+
+#include "src/decode_kernel.h"
+
+#include <algorithm>
+#include <vector>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "src/decode_kernel.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "src/decode_kernel-inl.h"
+#include "src/threading.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace raggedattn {
+namespace HWY_NAMESPACE {
+
+template <typename T>
+void RunPlanAs(const Problem& problem, const Plan& plan,
+               const PartialStates& states) {
+  int64_t max_tile = 1;
+  for (const Chunk& chunk : plan.chunks) {
+    max_tile = std::max(max_tile, std::min(chunk.end - chunk.begin,
+                                           plan.block_size));
+  }
+  const int64_t num_items = plan.NumWorkItems(problem);
+  const int threads = static_cast<int>(
+      std::min<int64_t>(problem.num_threads, std::max<int64_t>(num_items, 1)));
+  const int64_t per_thread = ScratchFloats(problem, max_tile);
+  std::vector<float> scratch(static_cast<size_t>(per_thread * threads));
+  ParallelFor(threads, num_items, [&](int64_t item, int thread) {
+    const Scratch s =
+        CarveScratch(problem, max_tile, scratch.data() + thread * per_thread);
+    RunWorkItem<T>(problem, plan, item, s, states);
+  });
+}
+
+void RunPlanForTarget(const Problem& problem, const Plan& plan,
+                      const PartialStates& states) {
+  switch (problem.kv_dtype) {
+    case DType::kBF16:
+      return RunPlanAs<hwy::bfloat16_t>(problem, plan, states);
+    case DType::kF16:
+      return RunPlanAs<hwy::float16_t>(problem, plan, states);
+    default:
+      return RunPlanAs<float>(problem, plan, states);
+  }
+}
+
+const char* TargetNameForTarget() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace raggedattn
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace raggedattn {
+
+HWY_EXPORT(RunPlanForTarget);
+HWY_EXPORT(TargetNameForTarget);
+
+void RunPlan(const Problem& problem, const Plan& plan,
+             const PartialStates& states) {
+  HWY_DYNAMIC_DISPATCH(RunPlanForTarget)(problem, plan, states);
+}
+
+const char* DispatchedTargetName() {
+  return HWY_DYNAMIC_DISPATCH(TargetNameForTarget)();
+}
+
+}  // namespace raggedattn
+#endif  // HWY_ONCE
