@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Builds and runs every test, installing what is missing first:
+#   1. the optimized build in build/ and its CTest suite;
+#   2. an AddressSanitizer + UndefinedBehaviorSanitizer build of the tests in
+#      build-asan/ and the same suite under it;
+#   3. when pyproject.toml exists: `pip install .` and the pytest suite.
+# Stops at the first failure with a non-zero exit; prints a summary either way.
+#
+#   scripts/test.sh [--skip-asan] [--skip-python]
+#
+# BUILD_DIR / ASAN_BUILD_DIR change the build folders, JOBS=N the parallelism
+# (default 2), PYTHON the interpreter.
+
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+BUILD_DIR="${BUILD_DIR:-build}"
+ASAN_BUILD_DIR="${ASAN_BUILD_DIR:-build-asan}"
+run_asan=1
+run_python=1
+for arg in "$@"; do
+  case "${arg}" in
+    --skip-asan) run_asan=0 ;;
+    --skip-python) run_python=0 ;;
+    *) die "unknown argument ${arg} (expected --skip-asan or --skip-python)" ;;
+  esac
+done
+[[ -f pyproject.toml ]] || run_python=0
+
+summary=()
+current_step=""
+step_started=0
+test_started=${SECONDS}
+
+print_summary() {
+  local status=$?
+  if [[ -n "${current_step}" ]]; then
+    summary+=("$(printf '%-34s FAILED after %ds' "${current_step}" \
+      $((SECONDS - step_started)))")
+  fi
+  printf '\n==== scripts/test.sh summary ====\n'
+  local line
+  for line in "${summary[@]}"; do printf '%s\n' "${line}"; done
+  if ((status == 0)); then
+    printf 'ALL PASSED in %ds\n' $((SECONDS - test_started))
+  else
+    printf 'FAILED (exit %d) after %ds\n' "${status}" \
+      $((SECONDS - test_started))
+  fi
+}
+trap print_summary EXIT
+
+# Runs "$@" as the step named $1 (the rest is the command), timing it.
+step() {
+  current_step="$1"
+  shift
+  step_started=${SECONDS}
+  log "${current_step}"
+  "$@"
+  summary+=("$(printf '%-34s ok in %ds' "${current_step}" \
+    $((SECONDS - step_started)))")
+  current_step=""
+}
+
+# --no-tests=error: a suite that registered nothing is a failure, not a pass.
+run_ctest() {
+  ctest --test-dir "$1" --output-on-failure -j "${JOBS}" --no-tests=error \
+    --timeout 900
+}
+
+step "Dependencies" install_debs "${CXX_DEBS[@]}"
+
+step "Release build (${BUILD_DIR}/)" bash -c '
+  cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=Release &&
+  cmake --build "$1" -j "$2"' _ "${BUILD_DIR}" "${JOBS}"
+step "Release tests (ctest)" run_ctest "${BUILD_DIR}"
+
+if ((run_asan)); then
+  # Exported before the build: gtest_discover_tests runs each test binary
+  # at build time. allocator_may_return_null keeps out-of-memory paths
+  # (std::bad_alloc) testable under ASan.
+  export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1:abort_on_error=0:allocator_may_return_null=1:strict_init_order=1:check_initialization_order=1"
+  export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+  step "ASan+UBSan build (${ASAN_BUILD_DIR}/)" bash -c '
+    cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DRAGGEDATTN_SANITIZE=address,undefined \
+      -DRAGGEDATTN_BUILD_BENCHMARKS=OFF &&
+    cmake --build "$1" -j "$2"' _ "${ASAN_BUILD_DIR}" "${JOBS}"
+  step "ASan+UBSan tests (ctest)" run_ctest "${ASAN_BUILD_DIR}"
+fi
+
+if ((run_python)); then
+  python="$(python_for_package)"
+  step "Python package (pip install .)" "${python}" -m pip install -q .
+  # pytest exits 5 when it collected nothing: that is a failure here.
+  run_pytest() {
+    local status=0
+    "${python}" -m pytest -q python/tests || status=$?
+    if ((status == 5)); then
+      echo "error: pytest collected no tests in python/tests" >&2
+    fi
+    return "${status}"
+  }
+  step "Python tests (pytest)" run_pytest
+fi
