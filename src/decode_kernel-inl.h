@@ -1,5 +1,5 @@
-// Per-target decode kernel: one work item = one chunk of one row for one KV
-// head and its whole query group. Compiled once per SIMD target through
+// Per-target decode kernel: one work item = one chunk of one row, every
+// query head. Compiled once per SIMD target through
 // decode_kernel.cc.
 
 // Per-target include guard, as Highway requires.
@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "src/decode_kernel.h"
@@ -50,11 +51,11 @@ HWY_INLINE float ScalarF32(const hwy::float16_t* p) {
 
 // Per-thread scratch of one work item, carved from one allocation.
 struct Scratch {
-  float* query;   // [group_size, head_dim] f32, pre-widened
-  float* logits;  // [group_size, tile_capacity], becomes probabilities
-  float* acc;     // [group_size, head_dim_v] unnormalised output
-  float* max;     // [group_size]
-  float* sum;     // [group_size]
+  float* query;   // [num_qo_heads, head_dim] f32, pre-widened
+  float* logits;  // [num_qo_heads, tile_capacity], becomes probabilities
+  float* acc;     // [num_qo_heads, head_dim_v] unnormalised output
+  float* max;     // [num_qo_heads]
+  float* sum;     // [num_qo_heads]
   int64_t tile_capacity;
 };
 
@@ -63,14 +64,14 @@ struct Scratch {
 inline int64_t ScratchFloats(const Problem& problem, int64_t max_tile) {
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t capacity = (max_tile + lanes - 1) / lanes * lanes;
-  const int64_t g = problem.group_size;
-  return g * (problem.head_dim + capacity + problem.head_dim_v + 2);
+  const int64_t heads = problem.num_qo_heads;
+  return heads * (problem.head_dim + capacity + problem.head_dim_v + 2);
 }
 
 inline Scratch CarveScratch(const Problem& problem, int64_t max_tile,
                             float* base) {
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(DF()));
-  const int64_t g = problem.group_size;
+  const int64_t g = problem.num_qo_heads;
   Scratch s;
   s.tile_capacity = (max_tile + lanes - 1) / lanes * lanes;
   s.query = base;
@@ -81,59 +82,219 @@ inline Scratch CarveScratch(const Problem& problem, int64_t max_tile,
   return s;
 }
 
-// logits[g * capacity + j] = scale * dot(query[g], key row j) for the n
-// tokens of one tile. Four heads share each widened key vector.
+// How far ahead of the row being computed the kernel requests rows. Between
+// two tokens the core does hundreds of instructions of arithmetic, so the
+// out-of-order window alone keeps too few lines in flight; requesting lines
+// this many bytes ahead covers the memory latency at full bandwidth.
+inline constexpr int64_t kPrefetchBytes = 8192;
+
+// Returns how many tokens ahead to prefetch rows of `row_bytes` bytes.
+HWY_INLINE int64_t PrefetchTokens(int64_t row_bytes) {
+  return (kPrefetchBytes + row_bytes - 1) / row_bytes;
+}
+
+// Requests the cache lines of [row, row + bytes). Prefetches never fault, so
+// requesting rows past the attended range is harmless.
+HWY_INLINE void PrefetchRow(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    hwy::Prefetch(p + offset);
+  }
+}
+
+#if HWY_TARGET != HWY_SCALAR
+// Returns the sum of the 128-bit blocks of v, halving the vector each step.
+template <class D>
+HWY_INLINE hn::Vec<hn::Full128<float>> SumBlocks(D d, hn::Vec<D> v) {
+  if constexpr (hn::MaxLanes(D()) <= 4) {
+    return v;
+  } else {
+    const hn::Half<D> dh;
+    return SumBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
+  }
+}
+#endif
+
+// Writes the lane sums of a, b, c and d to sums[0..3]. Interleaving pairs
+// of vectors before adding reduces four vectors with a handful of shuffles
+// instead of four full horizontal reductions.
+HWY_INLINE void SumLanes4(VF a, VF b, VF c, VF d, float* sums) {
+  const DF df;
+#if HWY_TARGET == HWY_SCALAR
+  sums[0] = hn::GetLane(a);
+  sums[1] = hn::GetLane(b);
+  sums[2] = hn::GetLane(c);
+  sums[3] = hn::GetLane(d);
+#else
+  // Per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3] and likewise c, d.
+  const VF ab = hn::Add(hn::InterleaveLower(df, a, b),
+                        hn::InterleaveUpper(df, a, b));
+  const VF cd = hn::Add(hn::InterleaveLower(df, c, d),
+                        hn::InterleaveUpper(df, c, d));
+  // Per block: [sum a, sum b, sum c, sum d].
+  const hn::Repartition<uint64_t, DF> du64;
+  const VF block_sums = hn::Add(
+      hn::BitCast(df, hn::InterleaveLower(du64, hn::BitCast(du64, ab),
+                                          hn::BitCast(du64, cd))),
+      hn::BitCast(df, hn::InterleaveUpper(du64, hn::BitCast(du64, ab),
+                                          hn::BitCast(du64, cd))));
+  const hn::Vec<hn::Full128<float>> sums128 = SumBlocks(df, block_sums);
+  hn::StoreU(sums128, hn::Full128<float>(), sums);
+#endif
+}
+
+// Dot products of one key row segment with a group of query heads:
+// out[g * out_stride] = scale * dot(query + g * dim, key), g < groups. Four
+// heads share each widened key vector.
 template <typename T>
-HWY_INLINE void TileLogits(const Problem& problem, const T* key_row0,
-                           int64_t n, const Scratch& s) {
+HWY_INLINE void GroupLogits(const T* key, const float* query, int64_t dim,
+                            int64_t groups, float scale, float* out,
+                            int64_t out_stride) {
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t dim = problem.head_dim;
   const int64_t full = dim / lanes * lanes;
-  const int64_t groups = problem.group_size;
-  const float scale = problem.softmax_scale;
-  for (int64_t j = 0; j < n; ++j) {
-    const T* key = key_row0 + j * problem.key_stride_n;
-    int64_t g = 0;
-    for (; g + 4 <= groups; g += 4) {
-      const float* q0 = s.query + g * dim;
-      const float* q1 = q0 + dim;
-      const float* q2 = q1 + dim;
-      const float* q3 = q2 + dim;
-      VF a0 = hn::Zero(df), a1 = hn::Zero(df);
-      VF a2 = hn::Zero(df), a3 = hn::Zero(df);
-      for (int64_t d = 0; d < full; d += lanes) {
-        const VF k = LoadF32(df, key + d);
-        a0 = hn::MulAdd(hn::LoadU(df, q0 + d), k, a0);
-        a1 = hn::MulAdd(hn::LoadU(df, q1 + d), k, a1);
-        a2 = hn::MulAdd(hn::LoadU(df, q2 + d), k, a2);
-        a3 = hn::MulAdd(hn::LoadU(df, q3 + d), k, a3);
-      }
-      float s0 = hn::GetLane(hn::SumOfLanes(df, a0));
-      float s1 = hn::GetLane(hn::SumOfLanes(df, a1));
-      float s2 = hn::GetLane(hn::SumOfLanes(df, a2));
-      float s3 = hn::GetLane(hn::SumOfLanes(df, a3));
-      for (int64_t d = full; d < dim; ++d) {
-        const float k = ScalarF32(key + d);
-        s0 += q0[d] * k;
-        s1 += q1[d] * k;
-        s2 += q2[d] * k;
-        s3 += q3[d] * k;
-      }
-      s.logits[(g + 0) * s.tile_capacity + j] = s0 * scale;
-      s.logits[(g + 1) * s.tile_capacity + j] = s1 * scale;
-      s.logits[(g + 2) * s.tile_capacity + j] = s2 * scale;
-      s.logits[(g + 3) * s.tile_capacity + j] = s3 * scale;
+  int64_t g = 0;
+  for (; g + 4 <= groups; g += 4) {
+    const float* q0 = query + g * dim;
+    const float* q1 = q0 + dim;
+    const float* q2 = q1 + dim;
+    const float* q3 = q2 + dim;
+    // Two accumulator sets: FMA latency is 4 cycles on 2 ports, so four
+    // chains would keep the units only half busy.
+    VF a0 = hn::Zero(df), a1 = hn::Zero(df);
+    VF a2 = hn::Zero(df), a3 = hn::Zero(df);
+    VF b0 = hn::Zero(df), b1 = hn::Zero(df);
+    VF b2 = hn::Zero(df), b3 = hn::Zero(df);
+    int64_t d = 0;
+    for (; d + 2 * lanes <= full; d += 2 * lanes) {
+      const VF k = LoadF32(df, key + d);
+      const VF k1 = LoadF32(df, key + d + lanes);
+      a0 = hn::MulAdd(hn::LoadU(df, q0 + d), k, a0);
+      a1 = hn::MulAdd(hn::LoadU(df, q1 + d), k, a1);
+      a2 = hn::MulAdd(hn::LoadU(df, q2 + d), k, a2);
+      a3 = hn::MulAdd(hn::LoadU(df, q3 + d), k, a3);
+      b0 = hn::MulAdd(hn::LoadU(df, q0 + d + lanes), k1, b0);
+      b1 = hn::MulAdd(hn::LoadU(df, q1 + d + lanes), k1, b1);
+      b2 = hn::MulAdd(hn::LoadU(df, q2 + d + lanes), k1, b2);
+      b3 = hn::MulAdd(hn::LoadU(df, q3 + d + lanes), k1, b3);
     }
-    for (; g < groups; ++g) {
-      const float* q = s.query + g * dim;
-      VF a = hn::Zero(df);
-      for (int64_t d = 0; d < full; d += lanes) {
-        a = hn::MulAdd(hn::LoadU(df, q + d), LoadF32(df, key + d), a);
+    if (d < full) {
+      const VF k = LoadF32(df, key + d);
+      a0 = hn::MulAdd(hn::LoadU(df, q0 + d), k, a0);
+      a1 = hn::MulAdd(hn::LoadU(df, q1 + d), k, a1);
+      a2 = hn::MulAdd(hn::LoadU(df, q2 + d), k, a2);
+      a3 = hn::MulAdd(hn::LoadU(df, q3 + d), k, a3);
+    }
+    HWY_ALIGN float sums[4];
+    SumLanes4(hn::Add(a0, b0), hn::Add(a1, b1), hn::Add(a2, b2),
+              hn::Add(a3, b3), sums);
+    for (int64_t d = full; d < dim; ++d) {
+      const float k = ScalarF32(key + d);
+      sums[0] += q0[d] * k;
+      sums[1] += q1[d] * k;
+      sums[2] += q2[d] * k;
+      sums[3] += q3[d] * k;
+    }
+    for (int64_t i = 0; i < 4; ++i) out[(g + i) * out_stride] = sums[i] * scale;
+  }
+  for (; g < groups; ++g) {
+    const float* q = query + g * dim;
+    VF a = hn::Zero(df);
+    for (int64_t d = 0; d < full; d += lanes) {
+      a = hn::MulAdd(hn::LoadU(df, q + d), LoadF32(df, key + d), a);
+    }
+    float sum = hn::GetLane(hn::SumOfLanes(df, a));
+    for (int64_t d = full; d < dim; ++d) sum += q[d] * ScalarF32(key + d);
+    out[g * out_stride] = sum * scale;
+  }
+}
+
+// out[t] = scale * dot(query, key_t) for four key row segments: with fewer
+// than four heads per group, four tokens share one reduction instead.
+template <typename T>
+HWY_INLINE void TokenLogits4(const T* k0, const T* k1, const T* k2,
+                             const T* k3, const float* query, int64_t dim,
+                             float scale, float* out) {
+  const DF df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t full = dim / lanes * lanes;
+  // Two accumulator sets, as in GroupLogits.
+  VF a0 = hn::Zero(df), a1 = hn::Zero(df);
+  VF a2 = hn::Zero(df), a3 = hn::Zero(df);
+  VF b0 = hn::Zero(df), b1 = hn::Zero(df);
+  VF b2 = hn::Zero(df), b3 = hn::Zero(df);
+  int64_t d = 0;
+  for (; d + 2 * lanes <= full; d += 2 * lanes) {
+    const VF q = hn::LoadU(df, query + d);
+    const VF q1 = hn::LoadU(df, query + d + lanes);
+    a0 = hn::MulAdd(q, LoadF32(df, k0 + d), a0);
+    a1 = hn::MulAdd(q, LoadF32(df, k1 + d), a1);
+    a2 = hn::MulAdd(q, LoadF32(df, k2 + d), a2);
+    a3 = hn::MulAdd(q, LoadF32(df, k3 + d), a3);
+    b0 = hn::MulAdd(q1, LoadF32(df, k0 + d + lanes), b0);
+    b1 = hn::MulAdd(q1, LoadF32(df, k1 + d + lanes), b1);
+    b2 = hn::MulAdd(q1, LoadF32(df, k2 + d + lanes), b2);
+    b3 = hn::MulAdd(q1, LoadF32(df, k3 + d + lanes), b3);
+  }
+  if (d < full) {
+    const VF q = hn::LoadU(df, query + d);
+    a0 = hn::MulAdd(q, LoadF32(df, k0 + d), a0);
+    a1 = hn::MulAdd(q, LoadF32(df, k1 + d), a1);
+    a2 = hn::MulAdd(q, LoadF32(df, k2 + d), a2);
+    a3 = hn::MulAdd(q, LoadF32(df, k3 + d), a3);
+  }
+  HWY_ALIGN float sums[4];
+  SumLanes4(hn::Add(a0, b0), hn::Add(a1, b1), hn::Add(a2, b2),
+            hn::Add(a3, b3), sums);
+  for (int64_t d = full; d < dim; ++d) {
+    sums[0] += query[d] * ScalarF32(k0 + d);
+    sums[1] += query[d] * ScalarF32(k1 + d);
+    sums[2] += query[d] * ScalarF32(k2 + d);
+    sums[3] += query[d] * ScalarF32(k3 + d);
+  }
+  for (int64_t i = 0; i < 4; ++i) out[i] = sums[i] * scale;
+}
+
+// logits[h * capacity + j] = scale * dot(query[h], key row j) for every
+// query head h and the n tokens of one tile. Tokens outer, KV heads inner:
+// the rows are read in address order, which the hardware prefetchers follow;
+// walking one KV head's rows instead jumps num_kv_heads * head_dim elements
+// per token and leaves the core waiting on memory.
+template <typename T>
+HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
+                           int64_t n, const Scratch& s) {
+  const int64_t dim = problem.head_dim;
+  const int64_t groups = problem.group_size;
+  const int64_t stride = problem.key_stride_n;
+  const int64_t cap = s.tile_capacity;
+  const int64_t row_bytes = static_cast<int64_t>(sizeof(T)) *
+      ((problem.num_kv_heads - 1) * problem.key_stride_h + dim);
+  const int64_t ahead = PrefetchTokens(row_bytes) * stride;
+  int64_t j = 0;
+  if (groups < 4) {
+    for (; j + 4 <= n; j += 4) {
+      const T* row = key_tile + j * stride;
+      for (int64_t t = 0; t < 4; ++t) {
+        PrefetchRow(row + t * stride + ahead, row_bytes);
       }
-      float sum = hn::GetLane(hn::SumOfLanes(df, a));
-      for (int64_t d = full; d < dim; ++d) sum += q[d] * ScalarF32(key + d);
-      s.logits[g * s.tile_capacity + j] = sum * scale;
+      for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
+        const T* key = row + kv * problem.key_stride_h;
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t head = kv * groups + g;
+          TokenLogits4(key, key + stride, key + 2 * stride, key + 3 * stride,
+                       s.query + head * dim, dim, problem.softmax_scale,
+                       s.logits + head * cap + j);
+        }
+      }
+    }
+  }
+  for (; j < n; ++j) {
+    const T* row = key_tile + j * stride;
+    PrefetchRow(row + ahead, row_bytes);
+    for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
+      GroupLogits(row + kv * problem.key_stride_h, s.query + kv * groups * dim,
+                  dim, groups, problem.softmax_scale,
+                  s.logits + kv * groups * cap + j, cap);
     }
   }
 }
@@ -200,116 +361,151 @@ HWY_INLINE void TileSoftmax(const Problem& problem, int64_t g, int64_t n,
   }
 }
 
-// acc[g] += sum_j p[g][j] * value row j over one tile. Four heads share each
-// widened value vector; each head's accumulator stays in registers across the
-// tile's tokens.
+// acc[g] += sum_t p[g][t] * value_t over four value row segments and a
+// group of heads. Each widened value vector of the four tokens is reused by
+// every head of the group, and each accumulator vector is loaded and stored
+// once per four tokens.
 template <typename T>
-HWY_INLINE void TileValues(const Problem& problem, const T* value_row0,
-                           int64_t n, const Scratch& s) {
+HWY_INLINE void GroupValues4(const T* v0, const T* v1, const T* v2,
+                             const T* v3, const float* p, int64_t p_stride,
+                             int64_t dim_v, int64_t groups, float* acc) {
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t dim_v = problem.head_dim_v;
   const int64_t full = dim_v / lanes * lanes;
-  const int64_t groups = problem.group_size;
-  const int64_t stride = problem.value_stride_n;
-  const int64_t cap = s.tile_capacity;
-  int64_t g = 0;
-  for (; g + 4 <= groups; g += 4) {
-    const float* p0 = s.logits + g * cap;
-    float* acc0 = s.acc + g * dim_v;
-    for (int64_t d = 0; d < full; d += lanes) {
-      VF a0 = hn::LoadU(df, acc0 + d);
-      VF a1 = hn::LoadU(df, acc0 + dim_v + d);
-      VF a2 = hn::LoadU(df, acc0 + 2 * dim_v + d);
-      VF a3 = hn::LoadU(df, acc0 + 3 * dim_v + d);
-      for (int64_t j = 0; j < n; ++j) {
-        const VF v = LoadF32(df, value_row0 + j * stride + d);
-        a0 = hn::MulAdd(hn::Set(df, p0[j]), v, a0);
-        a1 = hn::MulAdd(hn::Set(df, p0[cap + j]), v, a1);
-        a2 = hn::MulAdd(hn::Set(df, p0[2 * cap + j]), v, a2);
-        a3 = hn::MulAdd(hn::Set(df, p0[3 * cap + j]), v, a3);
-      }
-      hn::StoreU(a0, df, acc0 + d);
-      hn::StoreU(a1, df, acc0 + dim_v + d);
-      hn::StoreU(a2, df, acc0 + 2 * dim_v + d);
-      hn::StoreU(a3, df, acc0 + 3 * dim_v + d);
+  for (int64_t d = 0; d < full; d += lanes) {
+    const VF x0 = LoadF32(df, v0 + d);
+    const VF x1 = LoadF32(df, v1 + d);
+    const VF x2 = LoadF32(df, v2 + d);
+    const VF x3 = LoadF32(df, v3 + d);
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* pg = p + g * p_stride;
+      float* a = acc + g * dim_v + d;
+      VF sum = hn::LoadU(df, a);
+      sum = hn::MulAdd(hn::Set(df, pg[0]), x0, sum);
+      sum = hn::MulAdd(hn::Set(df, pg[1]), x1, sum);
+      sum = hn::MulAdd(hn::Set(df, pg[2]), x2, sum);
+      sum = hn::MulAdd(hn::Set(df, pg[3]), x3, sum);
+      hn::StoreU(sum, df, a);
     }
   }
-  for (; g < groups; ++g) {
-    const float* p = s.logits + g * cap;
-    float* acc = s.acc + g * dim_v;
-    for (int64_t d = 0; d < full; d += lanes) {
-      VF a = hn::LoadU(df, acc + d);
-      for (int64_t j = 0; j < n; ++j) {
-        a = hn::MulAdd(hn::Set(df, p[j]),
-                       LoadF32(df, value_row0 + j * stride + d), a);
-      }
-      hn::StoreU(a, df, acc + d);
-    }
-  }
-  // Columns past the last whole vector, all heads.
-  for (int64_t j = 0; j < n; ++j) {
-    const T* value = value_row0 + j * stride;
-    for (int64_t d = full; d < dim_v; ++d) {
-      const float v = ScalarF32(value + d);
-      for (int64_t h = 0; h < groups; ++h) {
-        s.acc[h * dim_v + d] += s.logits[h * cap + j] * v;
-      }
+  for (int64_t d = full; d < dim_v; ++d) {
+    const float x0 = ScalarF32(v0 + d), x1 = ScalarF32(v1 + d);
+    const float x2 = ScalarF32(v2 + d), x3 = ScalarF32(v3 + d);
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* pg = p + g * p_stride;
+      float& a = acc[g * dim_v + d];
+      a += pg[0] * x0;
+      a += pg[1] * x1;
+      a += pg[2] * x2;
+      a += pg[3] * x3;
     }
   }
 }
 
-// Computes the partial states of work item `item` (chunk, kv_head).
+// acc[g] += p[g] * value for one value row segment and a group of heads.
+template <typename T>
+HWY_INLINE void GroupValues(const T* value, const float* p, int64_t p_stride,
+                            int64_t dim_v, int64_t groups, float* acc) {
+  const DF df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t full = dim_v / lanes * lanes;
+  for (int64_t d = 0; d < full; d += lanes) {
+    const VF v = LoadF32(df, value + d);
+    for (int64_t g = 0; g < groups; ++g) {
+      float* a = acc + g * dim_v + d;
+      hn::StoreU(hn::MulAdd(hn::Set(df, p[g * p_stride]), v, hn::LoadU(df, a)),
+                 df, a);
+    }
+  }
+  for (int64_t d = full; d < dim_v; ++d) {
+    const float v = ScalarF32(value + d);
+    for (int64_t g = 0; g < groups; ++g) {
+      acc[g * dim_v + d] += p[g * p_stride] * v;
+    }
+  }
+}
+
+// acc[h] += sum_j p[h][j] * value row j over one tile, rows in address order
+// as in TileLogits.
+template <typename T>
+HWY_INLINE void TileValues(const Problem& problem, const T* value_tile,
+                           int64_t n, const Scratch& s) {
+  const int64_t groups = problem.group_size;
+  const int64_t dim_v = problem.head_dim_v;
+  const int64_t stride = problem.value_stride_n;
+  const int64_t cap = s.tile_capacity;
+  const int64_t row_bytes = static_cast<int64_t>(sizeof(T)) *
+      ((problem.num_kv_heads - 1) * problem.value_stride_h + dim_v);
+  const int64_t ahead = PrefetchTokens(row_bytes) * stride;
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const T* row = value_tile + j * stride;
+    for (int64_t t = 0; t < 4; ++t) {
+      PrefetchRow(row + t * stride + ahead, row_bytes);
+    }
+    for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
+      const T* value = row + kv * problem.value_stride_h;
+      GroupValues4(value, value + stride, value + 2 * stride,
+                   value + 3 * stride, s.logits + kv * groups * cap + j, cap,
+                   dim_v, groups, s.acc + kv * groups * dim_v);
+    }
+  }
+  for (; j < n; ++j) {
+    const T* row = value_tile + j * stride;
+    for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
+      GroupValues(row + kv * problem.value_stride_h,
+                  s.logits + kv * groups * cap + j, cap, dim_v, groups,
+                  s.acc + kv * groups * dim_v);
+    }
+  }
+}
+
+// Computes the partial states of every query head for one chunk.
 template <typename T>
 void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
                  const Scratch& s, const PartialStates& states) {
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t chunk_index = item / problem.num_kv_heads;
-  const int64_t kv_head = item % problem.num_kv_heads;
-  const Chunk& chunk = plan.chunks[chunk_index];
+  const Chunk& chunk = plan.chunks[item];
   const int64_t b = chunk.batch;
-  const int64_t groups = problem.group_size;
-  const int64_t first_head = kv_head * groups;
+  const int64_t heads = problem.num_qo_heads;
 
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t offset = b * problem.query_stride_b +
-                           (first_head + g) * problem.query_stride_h;
+  for (int64_t h = 0; h < heads; ++h) {
+    const int64_t offset =
+        b * problem.query_stride_b + h * problem.query_stride_h;
     for (int64_t d = 0; d < problem.head_dim; ++d) {
-      s.query[g * problem.head_dim + d] =
+      s.query[h * problem.head_dim + d] =
           LoadAsF32(problem.query, problem.query_dtype, offset + d);
     }
-    s.max[g] = -std::numeric_limits<float>::infinity();
-    s.sum[g] = 0.0f;
+    s.max[h] = -std::numeric_limits<float>::infinity();
+    s.sum[h] = 0.0f;
   }
-  for (int64_t i = 0; i < groups * problem.head_dim_v; ++i) s.acc[i] = 0.0f;
+  for (int64_t i = 0; i < heads * problem.head_dim_v; ++i) s.acc[i] = 0.0f;
 
-  const T* key_base = static_cast<const T*>(problem.key) +
-                      b * problem.key_stride_b + kv_head * problem.key_stride_h;
-  const T* value_base = static_cast<const T*>(problem.value) +
-                        b * problem.value_stride_b +
-                        kv_head * problem.value_stride_h;
+  const T* key_base =
+      static_cast<const T*>(problem.key) + b * problem.key_stride_b;
+  const T* value_base =
+      static_cast<const T*>(problem.value) + b * problem.value_stride_b;
   // Tiles are aligned to multiples of block_size in absolute positions.
   for (int64_t begin = chunk.begin; begin < chunk.end;) {
-    const int64_t boundary =
-        (begin / plan.block_size + 1) * plan.block_size;
+    const int64_t boundary = (begin / plan.block_size + 1) * plan.block_size;
     const int64_t end = boundary < chunk.end ? boundary : chunk.end;
     const int64_t n = end - begin;
     const int64_t padded = (n + lanes - 1) / lanes * lanes;
 
     TileLogits(problem, key_base + begin * problem.key_stride_n, n, s);
-    for (int64_t g = 0; g < groups; ++g) TileSoftmax(problem, g, n, padded, s);
+    for (int64_t h = 0; h < heads; ++h) TileSoftmax(problem, h, n, padded, s);
     TileValues(problem, value_base + begin * problem.value_stride_n, n, s);
     begin = end;
   }
 
-  const int64_t state = chunk_index * problem.num_qo_heads + first_head;
-  for (int64_t g = 0; g < groups; ++g) {
-    states.max[state + g] = s.max[g];
-    states.sum[state + g] = s.sum[g];
+  const int64_t state = item * heads;
+  for (int64_t h = 0; h < heads; ++h) {
+    states.max[state + h] = s.max[h];
+    states.sum[state + h] = s.sum[h];
   }
   float* out = states.out + state * problem.head_dim_v;
-  for (int64_t i = 0; i < groups * problem.head_dim_v; ++i) out[i] = s.acc[i];
+  for (int64_t i = 0; i < heads * problem.head_dim_v; ++i) out[i] = s.acc[i];
 }
 
 }  // namespace HWY_NAMESPACE

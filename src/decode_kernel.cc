@@ -25,7 +25,7 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
     max_tile = std::max(max_tile, std::min(chunk.end - chunk.begin,
                                            plan.block_size));
   }
-  const int64_t num_items = plan.NumWorkItems(problem);
+  const int64_t num_items = plan.NumWorkItems();
   const int threads = static_cast<int>(
       std::min<int64_t>(problem.num_threads, std::max<int64_t>(num_items, 1)));
   const int64_t per_thread = ScratchFloats(problem, max_tile);

@@ -9,9 +9,13 @@ void AttendedRange(const Problem& problem, int64_t b, int64_t* begin,
   int64_t lo = problem.Start(b);
   int64_t hi = problem.End(b);
   const int64_t position = hi - 1;  // the query's own position
-  if (problem.window_left >= 0) lo = std::max(lo, position - problem.window_left);
+  // Sides are clamped to seq_len first, so huge sides cannot overflow.
+  if (problem.window_left >= 0) {
+    lo = std::max(lo, position - std::min(problem.window_left, problem.seq_len));
+  }
   if (problem.window_right >= 0) {
-    hi = std::min(hi, position + problem.window_right + 1);
+    hi = std::min(hi,
+                  position + std::min(problem.window_right, problem.seq_len) + 1);
   }
   if (hi <= lo) lo = hi = problem.Start(b);
   *begin = lo;

@@ -4,9 +4,10 @@
 // chunk_tokens (a whole number of tiles of block_size tokens). The cut depends
 // only on that row's range and block_size, never on the thread count or the
 // other rows, which is what makes results bitwise identical for every
-// num_threads and batch-invariant. A work item is one (chunk, KV head) pair:
-// it produces the partial softmax states of that KV head's query group, and
-// the merge combines a row's chunks in order.
+// num_threads and batch-invariant. A work item is one chunk: it produces the
+// partial softmax states of every query head, reading the chunk's key and
+// value rows once, in address order. The merge combines a row's chunks in
+// order.
 
 #ifndef RAGGEDATTN_SRC_PLAN_H_
 #define RAGGEDATTN_SRC_PLAN_H_
@@ -46,10 +47,8 @@ struct Plan {
   std::vector<RowPlan> rows;  // [batch]
   std::vector<Chunk> chunks;  // in row order, then position order
 
-  // Work items are (chunk, kv_head) with index chunk * num_kv_heads + kv_head.
-  int64_t NumWorkItems(const Problem& problem) const {
-    return static_cast<int64_t>(chunks.size()) * problem.num_kv_heads;
-  }
+  // One work item per chunk.
+  int64_t NumWorkItems() const { return static_cast<int64_t>(chunks.size()); }
 };
 
 // Returns the attended key range [begin, end) of row b (sequence bounds

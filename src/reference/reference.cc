@@ -62,8 +62,9 @@ Result Compute(const TensorView& query, const TensorView& key,
     for (int64_t j = start; j < end; ++j) {
       if (options.sliding_window) {
         const SlidingWindow& w = *options.sliding_window;
-        if (w.left >= 0 && j < position - w.left) continue;
-        if (w.right >= 0 && j > position + w.right) continue;
+        // j - position is within [-S, S]: no overflow for any side.
+        if (w.left >= 0 && position - j > w.left) continue;
+        if (w.right >= 0 && j - position > w.right) continue;
       }
       attended.push_back(j);
     }
