@@ -76,9 +76,12 @@ void CheckView(const TensorView& view, const char* name, int min_rank,
          "] = " + std::to_string(view.strides[view.rank - 1]) +
          ", the innermost stride must be 1");
   }
-  max_offset *= DTypeSize(view.dtype);
-  if (max_offset > static_cast<unsigned __int128>(
-                       std::numeric_limits<int64_t>::max())) {
+  // Below 2^128 (at most four terms under 2^126 each); multiplying by the
+  // element size could wrap, so divide the limit instead.
+  const unsigned __int128 limit =
+      static_cast<unsigned __int128>(std::numeric_limits<int64_t>::max()) /
+      DTypeSize(view.dtype);
+  if (max_offset > limit) {
     Fail(std::string(name) +
          ": the largest byte offset of its shape and strides exceeds 2^63");
   }
