@@ -90,7 +90,19 @@ fi
 
 if ((run_python)); then
   python="$(python_for_package)"
-  step "Python package (pip install .)" "${python}" -m pip install -q .
+  # The package's `test` extra (pyproject.toml) brings pytest and whatever
+  # else the tests use; without one, pytest alone. PY_EXTRAS=test,jax asks
+  # for more extras.
+  if [[ -n "${PY_EXTRAS:-}" ]]; then
+    target=".[${PY_EXTRAS}]"
+  elif grep -Eq '^test *=' pyproject.toml; then
+    target=".[test]"
+  else
+    target="."
+    step "pytest (pip install pytest)" "${python}" -m pip install -q pytest
+  fi
+  step "Python package (pip install ${target})" \
+    "${python}" -m pip install -q "${target}"
   # pytest exits 5 when it collected nothing: that is a failure here.
   run_pytest() {
     local status=0
