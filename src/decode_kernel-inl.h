@@ -119,13 +119,13 @@ HWY_INLINE hn::Vec<hn::Full128<float>> SumBlocks(D d, hn::Vec<D> v) {
 // of vectors before adding reduces four vectors with a handful of shuffles
 // instead of four full horizontal reductions.
 HWY_INLINE void SumLanes4(VF a, VF b, VF c, VF d, float* sums) {
-  const DF df;
 #if HWY_TARGET == HWY_SCALAR
   sums[0] = hn::GetLane(a);
   sums[1] = hn::GetLane(b);
   sums[2] = hn::GetLane(c);
   sums[3] = hn::GetLane(d);
 #else
+  const DF df;
   // Per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3] and likewise c, d.
   const VF ab = hn::Add(hn::InterleaveLower(df, a, b),
                         hn::InterleaveUpper(df, a, b));
@@ -143,13 +143,23 @@ HWY_INLINE void SumLanes4(VF a, VF b, VF c, VF d, float* sums) {
 #endif
 }
 
+// As PrefetchRow, into L2 only: these lines are used after a whole tile of
+// other rows has passed through L1.
+HWY_INLINE void PrefetchRowToL2(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(p + offset, /*rw=*/0, /*locality=*/2);
+  }
+}
+
 // Dot products of one key row segment with a group of query heads:
 // out[g * out_stride] = scale * dot(query + g * dim, key), g < groups. Four
 // heads share each widened key vector.
-template <typename T>
-HWY_INLINE void GroupLogits(const T* key, const float* query, int64_t dim,
-                            int64_t groups, float scale, float* out,
-                            int64_t out_stride) {
+template <int64_t kDim, typename T>
+HWY_INLINE void GroupLogits(const T* key, const float* query,
+                            int64_t runtime_dim, int64_t groups, float scale,
+                            float* out, int64_t out_stride) {
+  const int64_t dim = kDim != 0 ? kDim : runtime_dim;
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   const int64_t full = dim / lanes * lanes;
@@ -211,10 +221,11 @@ HWY_INLINE void GroupLogits(const T* key, const float* query, int64_t dim,
 
 // out[t] = scale * dot(query, key_t) for four key row segments: with fewer
 // than four heads per group, four tokens share one reduction instead.
-template <typename T>
+template <int64_t kDim, typename T>
 HWY_INLINE void TokenLogits4(const T* k0, const T* k1, const T* k2,
-                             const T* k3, const float* query, int64_t dim,
-                             float scale, float* out) {
+                             const T* k3, const float* query,
+                             int64_t runtime_dim, float scale, float* out) {
+  const int64_t dim = kDim != 0 ? kDim : runtime_dim;
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   const int64_t full = dim / lanes * lanes;
@@ -260,28 +271,36 @@ HWY_INLINE void TokenLogits4(const T* k0, const T* k1, const T* k2,
 // the rows are read in address order, which the hardware prefetchers follow;
 // walking one KV head's rows instead jumps num_kv_heads * head_dim elements
 // per token and leaves the core waiting on memory.
-template <typename T>
+//
+// The tile's value rows are requested into L2 on the way, in the same order,
+// so that TileValues, which walks them head by head, finds them there.
+template <int64_t kDim, typename T>
 HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
-                           int64_t n, const Scratch& s) {
-  const int64_t dim = problem.head_dim;
+                           const T* value_tile, int64_t n, const Scratch& s) {
+  const int64_t dim = kDim != 0 ? kDim : problem.head_dim;
   const int64_t groups = problem.group_size;
   const int64_t stride = problem.key_stride_n;
   const int64_t cap = s.tile_capacity;
   const int64_t row_bytes = static_cast<int64_t>(sizeof(T)) *
       ((problem.num_kv_heads - 1) * problem.key_stride_h + dim);
   const int64_t ahead = PrefetchTokens(row_bytes) * stride;
+  const int64_t value_stride = problem.value_stride_n;
+  const int64_t value_bytes = static_cast<int64_t>(sizeof(T)) *
+      ((problem.num_kv_heads - 1) * problem.value_stride_h +
+       problem.head_dim_v);
   int64_t j = 0;
   if (groups < 4) {
     for (; j + 4 <= n; j += 4) {
       const T* row = key_tile + j * stride;
       for (int64_t t = 0; t < 4; ++t) {
         PrefetchRow(row + t * stride + ahead, row_bytes);
+        PrefetchRowToL2(value_tile + (j + t) * value_stride, value_bytes);
       }
       for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
         const T* key = row + kv * problem.key_stride_h;
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t head = kv * groups + g;
-          TokenLogits4(key, key + stride, key + 2 * stride, key + 3 * stride,
+          TokenLogits4<kDim>(key, key + stride, key + 2 * stride, key + 3 * stride,
                        s.query + head * dim, dim, problem.softmax_scale,
                        s.logits + head * cap + j);
         }
@@ -291,8 +310,9 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
   for (; j < n; ++j) {
     const T* row = key_tile + j * stride;
     PrefetchRow(row + ahead, row_bytes);
+    PrefetchRowToL2(value_tile + j * value_stride, value_bytes);
     for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
-      GroupLogits(row + kv * problem.key_stride_h, s.query + kv * groups * dim,
+      GroupLogits<kDim>(row + kv * problem.key_stride_h, s.query + kv * groups * dim,
                   dim, groups, problem.softmax_scale,
                   s.logits + kv * groups * cap + j, cap);
     }
@@ -361,107 +381,119 @@ HWY_INLINE void TileSoftmax(const Problem& problem, int64_t g, int64_t n,
   }
 }
 
-// acc[g] += sum_t p[g][t] * value_t over four value row segments and a
-// group of heads. Each widened value vector of the four tokens is reused by
-// every head of the group, and each accumulator vector is loaded and stored
-// once per four tokens.
-template <typename T>
-HWY_INLINE void GroupValues4(const T* v0, const T* v1, const T* v2,
-                             const T* v3, const float* p, int64_t p_stride,
-                             int64_t dim_v, int64_t groups, float* acc) {
+// Vector registers of the target, which bound the register blocking below.
+#if HWY_TARGET <= HWY_AVX3
+inline constexpr int kVectorRegisters = 32;
+#else
+inline constexpr int kVectorRegisters = 16;
+#endif
+
+// acc[h][c] += sum_j p[h][j] * value_j[c] over the n tokens of a tile for
+// kHeads heads and kVectors vectors of columns. The accumulators stay in
+// registers for the whole tile and each widened value vector serves every
+// head, so the loop is almost only FMAs.
+template <int kHeads, int kVectors, typename T>
+HWY_INLINE void ValueBlock(const T* value, int64_t stride, int64_t n,
+                           const float* p, int64_t p_stride, float* acc,
+                           int64_t acc_stride) {
   const DF df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t full = dim_v / lanes * lanes;
-  for (int64_t d = 0; d < full; d += lanes) {
-    const VF x0 = LoadF32(df, v0 + d);
-    const VF x1 = LoadF32(df, v1 + d);
-    const VF x2 = LoadF32(df, v2 + d);
-    const VF x3 = LoadF32(df, v3 + d);
-    for (int64_t g = 0; g < groups; ++g) {
-      const float* pg = p + g * p_stride;
-      float* a = acc + g * dim_v + d;
-      VF sum = hn::LoadU(df, a);
-      sum = hn::MulAdd(hn::Set(df, pg[0]), x0, sum);
-      sum = hn::MulAdd(hn::Set(df, pg[1]), x1, sum);
-      sum = hn::MulAdd(hn::Set(df, pg[2]), x2, sum);
-      sum = hn::MulAdd(hn::Set(df, pg[3]), x3, sum);
-      hn::StoreU(sum, df, a);
+  const size_t lanes = hn::Lanes(df);
+  VF sums[kHeads][kVectors];
+  HWY_UNROLL(8)
+  for (int h = 0; h < kHeads; ++h) {
+    HWY_UNROLL(8)
+    for (int c = 0; c < kVectors; ++c) {
+      sums[h][c] = hn::LoadU(df, acc + h * acc_stride + c * lanes);
     }
   }
-  for (int64_t d = full; d < dim_v; ++d) {
-    const float x0 = ScalarF32(v0 + d), x1 = ScalarF32(v1 + d);
-    const float x2 = ScalarF32(v2 + d), x3 = ScalarF32(v3 + d);
-    for (int64_t g = 0; g < groups; ++g) {
-      const float* pg = p + g * p_stride;
-      float& a = acc[g * dim_v + d];
-      a += pg[0] * x0;
-      a += pg[1] * x1;
-      a += pg[2] * x2;
-      a += pg[3] * x3;
+  for (int64_t j = 0; j < n; ++j) {
+    const T* row = value + j * stride;
+    VF x[kVectors];
+    HWY_UNROLL(8)
+    for (int c = 0; c < kVectors; ++c) x[c] = LoadF32(df, row + c * lanes);
+    HWY_UNROLL(8)
+    for (int h = 0; h < kHeads; ++h) {
+      const VF weight = hn::Set(df, p[h * p_stride + j]);
+      HWY_UNROLL(8)
+      for (int c = 0; c < kVectors; ++c) {
+        sums[h][c] = hn::MulAdd(weight, x[c], sums[h][c]);
+      }
+    }
+  }
+  HWY_UNROLL(8)
+  for (int h = 0; h < kHeads; ++h) {
+    HWY_UNROLL(8)
+    for (int c = 0; c < kVectors; ++c) {
+      hn::StoreU(sums[h][c], df, acc + h * acc_stride + c * lanes);
     }
   }
 }
 
-// acc[g] += p[g] * value for one value row segment and a group of heads.
-template <typename T>
-HWY_INLINE void GroupValues(const T* value, const float* p, int64_t p_stride,
-                            int64_t dim_v, int64_t groups, float* acc) {
+// ValueBlock over every column of kHeads heads: blocks of whole vectors as
+// wide as the registers allow, then single vectors, then scalar columns.
+template <int kHeads, int64_t kDimV, typename T>
+HWY_INLINE void HeadValues(const T* value, int64_t stride, int64_t n,
+                           int64_t runtime_dim_v, const float* p,
+                           int64_t p_stride, float* acc) {
+  const int64_t dim_v = kDimV != 0 ? kDimV : runtime_dim_v;
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   const int64_t full = dim_v / lanes * lanes;
-  for (int64_t d = 0; d < full; d += lanes) {
-    const VF v = LoadF32(df, value + d);
-    for (int64_t g = 0; g < groups; ++g) {
-      float* a = acc + g * dim_v + d;
-      hn::StoreU(hn::MulAdd(hn::Set(df, p[g * p_stride]), v, hn::LoadU(df, a)),
-                 df, a);
-    }
+  // Leaves registers for the widened row and the broadcast weight.
+  constexpr int kBlock = (kVectorRegisters - 8) / kHeads < 8
+                             ? (kVectorRegisters - 8) / kHeads
+                             : 8;
+  int64_t d = 0;
+  for (; d + kBlock * lanes <= full; d += kBlock * lanes) {
+    ValueBlock<kHeads, kBlock>(value + d, stride, n, p, p_stride, acc + d,
+                               dim_v);
   }
-  for (int64_t d = full; d < dim_v; ++d) {
-    const float v = ScalarF32(value + d);
-    for (int64_t g = 0; g < groups; ++g) {
-      acc[g * dim_v + d] += p[g * p_stride] * v;
+  for (; d < full; d += lanes) {
+    ValueBlock<kHeads, 1>(value + d, stride, n, p, p_stride, acc + d, dim_v);
+  }
+  for (; d < dim_v; ++d) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float x = ScalarF32(value + j * stride + d);
+      for (int h = 0; h < kHeads; ++h) {
+        acc[h * dim_v + d] += p[h * p_stride + j] * x;
+      }
     }
   }
 }
 
-// acc[h] += sum_j p[h][j] * value row j over one tile, rows in address order
-// as in TileLogits.
-template <typename T>
+// acc[h] += sum_j p[h][j] * value row j over one tile, KV head by KV head and
+// four query heads at a time. TileLogits already brought the rows into L2.
+template <int64_t kDimV, typename T>
 HWY_INLINE void TileValues(const Problem& problem, const T* value_tile,
                            int64_t n, const Scratch& s) {
   const int64_t groups = problem.group_size;
-  const int64_t dim_v = problem.head_dim_v;
+  const int64_t dim_v = kDimV != 0 ? kDimV : problem.head_dim_v;
   const int64_t stride = problem.value_stride_n;
   const int64_t cap = s.tile_capacity;
-  const int64_t row_bytes = static_cast<int64_t>(sizeof(T)) *
-      ((problem.num_kv_heads - 1) * problem.value_stride_h + dim_v);
-  const int64_t ahead = PrefetchTokens(row_bytes) * stride;
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const T* row = value_tile + j * stride;
-    for (int64_t t = 0; t < 4; ++t) {
-      PrefetchRow(row + t * stride + ahead, row_bytes);
+  for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
+    const T* value = value_tile + kv * problem.value_stride_h;
+    int64_t g = 0;
+    for (; g + 4 <= groups; g += 4) {
+      const int64_t head = kv * groups + g;
+      HeadValues<4, kDimV>(value, stride, n, dim_v, s.logits + head * cap, cap,
+                           s.acc + head * dim_v);
     }
-    for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
-      const T* value = row + kv * problem.value_stride_h;
-      GroupValues4(value, value + stride, value + 2 * stride,
-                   value + 3 * stride, s.logits + kv * groups * cap + j, cap,
-                   dim_v, groups, s.acc + kv * groups * dim_v);
+    for (; g + 2 <= groups; g += 2) {
+      const int64_t head = kv * groups + g;
+      HeadValues<2, kDimV>(value, stride, n, dim_v, s.logits + head * cap, cap,
+                           s.acc + head * dim_v);
     }
-  }
-  for (; j < n; ++j) {
-    const T* row = value_tile + j * stride;
-    for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
-      GroupValues(row + kv * problem.value_stride_h,
-                  s.logits + kv * groups * cap + j, cap, dim_v, groups,
-                  s.acc + kv * groups * dim_v);
+    for (; g < groups; ++g) {
+      const int64_t head = kv * groups + g;
+      HeadValues<1, kDimV>(value, stride, n, dim_v, s.logits + head * cap, cap,
+                           s.acc + head * dim_v);
     }
   }
 }
 
-// Computes the partial states of every query head for one chunk.
-template <typename T>
+// Computes the partial states of every query head for one chunk. kDim and
+// kDimV are the head dims when known at compile time, else 0.
+template <typename T, int64_t kDim, int64_t kDimV>
 void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
                  const Scratch& s, const PartialStates& states) {
   const DF df;
@@ -493,9 +525,11 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     const int64_t n = end - begin;
     const int64_t padded = (n + lanes - 1) / lanes * lanes;
 
-    TileLogits(problem, key_base + begin * problem.key_stride_n, n, s);
+    const T* value_tile = value_base + begin * problem.value_stride_n;
+    TileLogits<kDim>(problem, key_base + begin * problem.key_stride_n,
+                     value_tile, n, s);
     for (int64_t h = 0; h < heads; ++h) TileSoftmax(problem, h, n, padded, s);
-    TileValues(problem, value_base + begin * problem.value_stride_n, n, s);
+    TileValues<kDimV>(problem, value_tile, n, s);
     begin = end;
   }
 

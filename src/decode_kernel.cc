@@ -17,7 +17,7 @@ HWY_BEFORE_NAMESPACE();
 namespace raggedattn {
 namespace HWY_NAMESPACE {
 
-template <typename T>
+template <typename T, int64_t kDim, int64_t kDimV>
 void RunPlanAs(const Problem& problem, const Plan& plan,
                const PartialStates& states) {
   int64_t max_tile = 1;
@@ -33,19 +33,39 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
   ParallelFor(threads, num_items, [&](int64_t item, int thread) {
     const Scratch s =
         CarveScratch(problem, max_tile, scratch.data() + thread * per_thread);
-    RunWorkItem<T>(problem, plan, item, s, states);
+    RunWorkItem<T, kDim, kDimV>(problem, plan, item, s, states);
   });
+}
+
+// Head dims of real models get compile-time loop bounds; others share one
+// generic instantiation. Each one costs compile time for every target.
+template <typename T>
+void RunPlanForDims(const Problem& problem, const Plan& plan,
+                    const PartialStates& states) {
+  if (problem.head_dim == problem.head_dim_v) {
+    switch (problem.head_dim) {
+      case 64:
+        return RunPlanAs<T, 64, 64>(problem, plan, states);
+      case 128:
+        return RunPlanAs<T, 128, 128>(problem, plan, states);
+      case 256:
+        return RunPlanAs<T, 256, 256>(problem, plan, states);
+      default:
+        break;
+    }
+  }
+  RunPlanAs<T, 0, 0>(problem, plan, states);
 }
 
 void RunPlanForTarget(const Problem& problem, const Plan& plan,
                       const PartialStates& states) {
   switch (problem.kv_dtype) {
     case DType::kBF16:
-      return RunPlanAs<hwy::bfloat16_t>(problem, plan, states);
+      return RunPlanForDims<hwy::bfloat16_t>(problem, plan, states);
     case DType::kF16:
-      return RunPlanAs<hwy::float16_t>(problem, plan, states);
+      return RunPlanForDims<hwy::float16_t>(problem, plan, states);
     default:
-      return RunPlanAs<float>(problem, plan, states);
+      return RunPlanForDims<float>(problem, plan, states);
   }
 }
 
