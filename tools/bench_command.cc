@@ -1,0 +1,440 @@
+// `raggedattn bench`: the main job. Runs real models' attention shapes on
+// random bf16 KV caches with ragged lengths and prints, per case, the time
+// per call, the KV bytes read per second, that rate as a fraction of this
+// machine's read bandwidth measured in the same run on the same bytes, the
+// fraction of the f32 FMA peak for large query groups, and the error against
+// the float64 reference.
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "raggedattn/raggedattn.h"
+#include "src/reference/reference.h"
+#include "tools/commands.h"
+#include "tools/presets.h"
+#include "tools/probes.h"
+#include "tools/workload.h"
+
+namespace raggedattn {
+namespace cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The L3 of this class of machine holds 480 MiB and reads slow down past
+// about 100 MiB, so a gibibyte per case keeps every call reading memory.
+constexpr size_t kLargeWorkingSet = size_t{1} << 30;
+
+// Query groups at least this large do enough arithmetic per KV byte that
+// the FMA units, not memory, may limit the kernel.
+constexpr int64_t kLargeGroup = 16;
+
+// Rows compared with the float64 reference per case. The reference is plain
+// scalar code; two rows keep it to a fraction of the case's time.
+constexpr int kCheckedRows = 2;
+
+constexpr const char* kBenchFooter =
+    R"(Each case draws sequence lengths uniformly from [context/2, context]
+(batch 1: exactly context) and fills query, key and value with random normal
+values rounded to bf16. By default the cases of a run rotate through copies of
+their KV cache totalling at least 1 GiB, more than the last-level cache, so
+every call reads from memory; --small uses one copy of smaller caches that
+stay in cache. Without --context and --batch the Llama-3-8B preset adds a
+serving mix (batch 64, lengths 1..4096) and a single-token call.
+
+Columns: ms/call is the median over the case's calls; GB/s counts key and
+value bytes of attended tokens only; "read bw" is that rate over the rate of a
+vectorized sum over the same bytes on the same threads, run between the
+kernel's calls; "FMA peak" (query groups >= 16) is the kernel's flops,
+2 * (head_dim + head_dim_v) per query head and attended token, over an f32 FMA
+loop on the same threads; "max err" and "lse err" compare sampled rows with
+the float64 reference (bounds: 8e-3 and 1e-4). Exit status 1 when an error
+exceeds its bound.)";
+
+struct BenchArguments {
+  std::vector<std::string> presets;
+  std::vector<int> threads;
+  std::vector<int64_t> contexts;
+  std::vector<int64_t> batches;
+  bool small = false;
+  double seconds_per_case = 0.4;
+};
+
+// One row of the table.
+struct BenchCase {
+  bench::CaseSpec spec;
+  std::string lengths;  // how the lengths were drawn, for the table
+};
+
+// Returns the cores this process may run on, as the library counts them.
+int AvailableCores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    return std::max(1, CPU_COUNT(&set));
+  }
+  return std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+}
+
+std::string ShapeOptions(const bench::Preset& preset) {
+  std::string text;
+  const auto add = [&](const std::string& part) {
+    text += (text.empty() ? "" : " ") + part;
+  };
+  if (preset.window_left >= 0) {
+    add("win " + std::to_string(preset.window_left + 1));
+  }
+  if (preset.soft_cap > 0.0) {
+    add("cap " + std::to_string(static_cast<int>(preset.soft_cap)));
+  }
+  if (preset.softmax_scale) {
+    char scale[32];
+    std::snprintf(scale, sizeof(scale), "scale %.4g", *preset.softmax_scale);
+    add(scale);
+  }
+  if (preset.num_sinks > 0) add("sinks");
+  return text.empty() ? "-" : text;
+}
+
+// Returns the cases of the run in table order: per thread count and preset,
+// every context and batch, plus Llama-3-8B's serving mix and single token
+// when the grid is the default one.
+std::vector<BenchCase> MakeSuite(const BenchArguments& args,
+                                 const std::vector<bench::Preset>& presets,
+                                 const std::vector<int>& threads) {
+  const bool default_grid = args.contexts.empty() && args.batches.empty();
+  std::vector<int64_t> contexts = args.contexts;
+  if (contexts.empty()) {
+    contexts = args.small ? std::vector<int64_t>{1024, 4096}
+                          : std::vector<int64_t>{8192, 32768};
+  }
+  std::vector<int64_t> batches = args.batches;
+  if (batches.empty()) batches = {1, 8};
+
+  std::vector<BenchCase> suite;
+  uint64_t seed = 1;
+  const auto add = [&](const bench::Preset& preset, int num_threads,
+                       int64_t batch, int64_t min_length, int64_t max_length) {
+    BenchCase c;
+    c.spec.preset = preset;
+    c.spec.batch = batch;
+    c.spec.min_length = min_length;
+    c.spec.max_length = max_length;
+    c.spec.num_threads = num_threads;
+    c.spec.seed = seed++;
+    c.lengths = min_length == max_length ? std::to_string(max_length)
+                                         : std::to_string(min_length) + ".." +
+                                               std::to_string(max_length);
+    suite.push_back(c);
+  };
+  for (const int num_threads : threads) {
+    for (const bench::Preset& preset : presets) {
+      for (const int64_t context : contexts) {
+        for (const int64_t batch : batches) {
+          const int64_t min_length =
+              batch == 1 ? context : std::max<int64_t>(1, context / 2);
+          add(preset, num_threads, batch, min_length, context);
+        }
+      }
+      if (default_grid && preset.name == "Llama-3-8B") {
+        // A serving engine's mix of short and long rows, and the smallest
+        // call, where fixed costs dominate.
+        add(preset, num_threads, 64, 1, args.small ? 1024 : 4096);
+        add(preset, num_threads, 1, 1, 1);
+      }
+    }
+  }
+  return suite;
+}
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+template <typename F>
+double SecondsOf(const F& f) {
+  const Clock::time_point begin = Clock::now();
+  f();
+  return std::chrono::duration<double>(Clock::now() - begin).count();
+}
+
+// Returns FMA probe iterations that take about `seconds` on num_threads.
+int64_t CalibrateFmaProbe(int num_threads, double seconds) {
+  int64_t iterations = 1 << 14;
+  for (;;) {
+    const double elapsed =
+        SecondsOf([&] { bench::FmaProbe(num_threads, iterations); });
+    if (elapsed >= 0.2 * seconds || iterations > (int64_t{1} << 40)) {
+      return std::max<int64_t>(
+          1, static_cast<int64_t>(iterations * seconds / elapsed));
+    }
+    iterations *= 4;
+  }
+}
+
+struct Measurement {
+  double kernel_seconds = 0.0;  // medians per call
+  double read_seconds = 0.0;
+  double fma_flops_per_second = 0.0;  // 0 when not measured
+  int calls = 0;
+  reference::Error error;
+};
+
+// Times the kernel and the probes alternately, so that both see the same
+// machine state (frequency, other load, cache contents), until the case has
+// used its time and made at least a few calls.
+Measurement Measure(bench::Workload& workload, bool probe_fma,
+                    int64_t fma_iterations, double seconds_per_case) {
+  constexpr int kMinCalls = 5;
+  constexpr int kMaxCalls = 2000;
+  const int threads = workload.spec().num_threads;
+  const int copies = workload.num_copies();
+
+  // Warm-up: first touches of the outputs, thread start.
+  workload.Run(0);
+  bench::ReadProbe(workload.KvSpans(copies > 1 ? 1 : 0), threads);
+
+  // The kernel and the read probe take turns through the copies, so each
+  // reads bytes neither has read since the whole working set went by.
+  std::vector<double> kernel, read, fma;
+  int next_copy = 2 % copies;
+  const Clock::time_point begin = Clock::now();
+  while (static_cast<int>(kernel.size()) < kMaxCalls) {
+    const int kernel_copy = next_copy;
+    const int probe_copy = (next_copy + 1) % copies;
+    next_copy = (next_copy + 2) % copies;
+    kernel.push_back(SecondsOf([&] { workload.Run(kernel_copy); }));
+    read.push_back(SecondsOf(
+        [&] { bench::ReadProbe(workload.KvSpans(probe_copy), threads); }));
+    if (probe_fma) {
+      double flops = 0.0;
+      const double t =
+          SecondsOf([&] { flops = bench::FmaProbe(threads, fma_iterations); });
+      fma.push_back(flops / t);
+    }
+    const double elapsed =
+        std::chrono::duration<double>(Clock::now() - begin).count();
+    if (static_cast<int>(kernel.size()) >= kMinCalls &&
+        elapsed >= seconds_per_case) {
+      break;
+    }
+  }
+  Measurement m;
+  m.kernel_seconds = Median(kernel);
+  m.read_seconds = Median(read);
+  if (probe_fma) m.fma_flops_per_second = Median(fma);
+  m.calls = static_cast<int>(kernel.size());
+  m.error = workload.Check(kCheckedRows);
+  return m;
+}
+
+std::string FormatBytes(double bytes) {
+  char text[32];
+  if (bytes >= 1024.0 * 1024.0) {
+    std::snprintf(text, sizeof(text), "%.1f MiB", bytes / (1024.0 * 1024.0));
+  } else {
+    std::snprintf(text, sizeof(text), "%.0f KiB", bytes / 1024.0);
+  }
+  return text;
+}
+
+void PrintTableHeader() {
+  std::printf(
+      "%-12s %3s %3s %-11s %-22s %-11s %10s %9s %8s %8s %7s %8s "
+      "%8s %8s\n",
+      "preset", "thr", "B", "Hq/Hkv/D", "options", "lengths", "KV/call",
+      "ms/call", "GB/s", "read bw", "GFLOP/s", "FMA peak", "max err",
+      "lse err");
+}
+
+void PrintRow(const BenchCase& c, const bench::Workload& workload,
+              const Measurement& m) {
+  const bench::Preset& p = c.spec.preset;
+  char heads[32];
+  std::snprintf(heads, sizeof(heads), "%lld/%lld/%lld",
+                static_cast<long long>(p.num_qo_heads),
+                static_cast<long long>(p.num_kv_heads),
+                static_cast<long long>(p.head_dim));
+  const double bytes = static_cast<double>(workload.kv_bytes());
+  const double gbps = bytes / m.kernel_seconds * 1e-9;
+  const double read_fraction = m.read_seconds / m.kernel_seconds;
+  const double gflops = workload.flops() / m.kernel_seconds * 1e-9;
+  char fma[16] = "-";
+  if (m.fma_flops_per_second > 0.0) {
+    std::snprintf(
+        fma, sizeof(fma), "%.0f%%",
+        100.0 * workload.flops() / m.kernel_seconds / m.fma_flops_per_second);
+  }
+  char read[16];
+  std::snprintf(read, sizeof(read), "%.0f%%", 100.0 * read_fraction);
+  std::printf(
+      "%-12s %3d %3lld %-11s %-22s %-11s %10s %9.4g %8.2f %8s %7.1f "
+      "%8s %8.1e %8.1e\n",
+      p.name.c_str(), c.spec.num_threads, static_cast<long long>(c.spec.batch),
+      heads, ShapeOptions(p).c_str(), c.lengths.c_str(),
+      FormatBytes(bytes).c_str(), m.kernel_seconds * 1e3, gbps, read, gflops,
+      fma, m.error.output, m.error.lse);
+  std::fflush(stdout);
+}
+
+// Returns the presets named in args (all when none), or reports the first
+// unknown name and returns an empty list.
+std::vector<bench::Preset> SelectPresets(const BenchArguments& args) {
+  if (args.presets.empty()) return bench::Presets();
+  std::vector<bench::Preset> selected;
+  for (const std::string& name : args.presets) {
+    const bench::Preset* preset = bench::FindPreset(name);
+    if (preset == nullptr) {
+      std::fprintf(stderr, "error: --preset %s: unknown preset; known: %s\n",
+                   name.c_str(), bench::PresetNames().c_str());
+      return {};
+    }
+    selected.push_back(*preset);
+  }
+  return selected;
+}
+
+int RunBench(const BenchArguments& args) {
+  const Clock::time_point start = Clock::now();
+  const std::vector<bench::Preset> presets = SelectPresets(args);
+  if (presets.empty()) return kExitBadInput;
+  const int cores = AvailableCores();
+  std::vector<int> threads = args.threads;
+  if (threads.empty()) threads = {cores};
+  const std::vector<BenchCase> suite = MakeSuite(args, presets, threads);
+  const size_t min_working_set = args.small ? 0 : kLargeWorkingSet;
+
+  // One pool of random bf16 serves every case: the largest case's needs.
+  size_t pool_bytes = 0;
+  for (const BenchCase& c : suite) {
+    pool_bytes =
+        std::max(pool_bytes, bench::PoolBytesFor(c.spec, min_working_set));
+  }
+  const double memory = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                        static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  if (static_cast<double>(pool_bytes) > 0.75 * memory) {
+    std::fprintf(stderr,
+                 "error: the cases need %.1f GiB of KV cache, more than 3/4 "
+                 "of this machine's %.1f GiB; use smaller --context or "
+                 "--batch\n",
+                 static_cast<double>(pool_bytes) / (1 << 30),
+                 memory / (1 << 30));
+    return kExitBadInput;
+  }
+  std::fprintf(stderr, "generating %.2f GiB of random bf16 ...\n",
+               static_cast<double>(pool_bytes) / (1 << 30));
+  const Clock::time_point generate = Clock::now();
+  const bench::RandomPool pool(DType::kBF16, pool_bytes, 42, cores);
+  std::fprintf(stderr, "generated in %.1f s\n",
+               std::chrono::duration<double>(Clock::now() - generate).count());
+
+  std::string thread_list;
+  for (const int t : threads) {
+    thread_list += (thread_list.empty() ? "" : ",") + std::to_string(t);
+  }
+  std::printf(
+      "raggedattn bench: SIMD target %s (probes %s), threads %s of %d "
+      "cores, query/KV bf16, %s\n",
+      active_simd_target(), bench::ProbeTargetName(), thread_list.c_str(),
+      cores,
+      args.small ? "one copy per case (in-cache working sets)"
+                 : "working set >= 1 GiB per case (from memory)");
+  PrintTableHeader();
+
+  bool any_error = false;
+  std::map<int, int64_t> fma_iterations;  // per thread count
+  for (size_t i = 0; i < suite.size(); ++i) {
+    const BenchCase& c = suite[i];
+    std::fprintf(stderr, "[%zu/%zu] %s b %lld lengths %s threads %d ...\n",
+                 i + 1, suite.size(), c.spec.preset.name.c_str(),
+                 static_cast<long long>(c.spec.batch), c.lengths.c_str(),
+                 c.spec.num_threads);
+    bench::Workload workload(c.spec, pool, min_working_set);
+    const bool probe_fma = c.spec.preset.GroupSize() >= kLargeGroup;
+    int64_t iterations = 0;
+    if (probe_fma) {
+      // About as long as a short kernel call, so the probe stays a sample
+      // between calls rather than the bulk of the case.
+      int64_t& calibrated = fma_iterations[c.spec.num_threads];
+      if (calibrated == 0) {
+        calibrated = CalibrateFmaProbe(c.spec.num_threads, 0.002);
+      }
+      iterations = calibrated;
+    }
+    const Measurement m =
+        Measure(workload, probe_fma, iterations, args.seconds_per_case);
+    PrintRow(c, workload, m);
+    const bool bad =
+        !(m.error.output <= reference::OutputTolerance(DType::kBF16)) ||
+        !(m.error.lse <= reference::kLseTolerance);
+    if (bad) {
+      std::fprintf(stderr,
+                   "error: %s b %lld lengths %s: error %.3g / lse "
+                   "%.3g exceeds the bound\n",
+                   c.spec.preset.name.c_str(),
+                   static_cast<long long>(c.spec.batch), c.lengths.c_str(),
+                   m.error.output, m.error.lse);
+      any_error = true;
+    }
+  }
+  std::fprintf(stderr, "done: %zu cases in %.1f s\n", suite.size(),
+               std::chrono::duration<double>(Clock::now() - start).count());
+  return any_error ? kExitFailure : kExitOk;
+}
+
+}  // namespace
+
+std::function<int()> AddBenchCommand(CLI::App& app) {
+  auto args = std::make_shared<BenchArguments>();
+  CLI::App* bench = app.add_subcommand(
+      "bench",
+      "Benchmark real models' attention shapes against this machine's "
+      "memory bandwidth");
+  bench->footer(kBenchFooter);
+  bench
+      ->add_option("--preset", args->presets,
+                   "Preset(s) to run, repeatable or comma-separated: " +
+                       bench::PresetNames() + " (default: all)")
+      ->delimiter(',');
+  bench
+      ->add_option("--threads", args->threads,
+                   "Thread count(s), comma-separated (default: all cores)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  bench
+      ->add_option("--context", args->contexts,
+                   "Context length(s), comma-separated; lengths are drawn "
+                   "from [context/2, context] (default: 8192,32768; "
+                   "--small: 1024,4096)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  bench
+      ->add_option("--batch", args->batches,
+                   "Batch size(s), comma-separated (default: 1,8)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  bench->add_flag("--small", args->small,
+                  "One copy of each case's KV and smaller default contexts: "
+                  "in-cache working sets instead of memory-bound ones");
+  bench
+      ->add_option("--seconds", args->seconds_per_case,
+                   "Time spent timing each case (at least 5 calls)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  return [args] { return RunBench(*args); };
+}
+
+}  // namespace cli
+}  // namespace raggedattn
