@@ -49,7 +49,9 @@ HWY_INLINE float ScalarF32(const hwy::float16_t* p) {
   return F32FromF16Bits(*reinterpret_cast<const uint16_t*>(p));
 }
 
-// Per-thread scratch of one work item, carved from one allocation.
+// Working memory of one work item: per-thread scratch for the widened query
+// and the tile's logits, and the item's own partial states, which the kernel
+// accumulates into directly.
 struct Scratch {
   float* query;   // [num_qo_heads, head_dim] f32, pre-widened
   float* logits;  // [num_qo_heads, tile_capacity], becomes probabilities
@@ -64,8 +66,7 @@ struct Scratch {
 inline int64_t ScratchFloats(const Problem& problem, int64_t max_tile) {
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(DF()));
   const int64_t capacity = (max_tile + lanes - 1) / lanes * lanes;
-  const int64_t heads = problem.num_qo_heads;
-  return heads * (problem.head_dim + capacity + problem.head_dim_v + 2);
+  return problem.num_qo_heads * (problem.head_dim + capacity);
 }
 
 inline Scratch CarveScratch(const Problem& problem, int64_t max_tile,
@@ -76,9 +77,7 @@ inline Scratch CarveScratch(const Problem& problem, int64_t max_tile,
   s.tile_capacity = (max_tile + lanes - 1) / lanes * lanes;
   s.query = base;
   s.logits = s.query + g * problem.head_dim;
-  s.acc = s.logits + g * s.tile_capacity;
-  s.max = s.acc + g * problem.head_dim_v;
-  s.sum = s.max + g;
+  s.acc = s.max = s.sum = nullptr;  // set per work item
   return s;
 }
 
@@ -495,7 +494,12 @@ HWY_INLINE void TileValues(const Problem& problem, const T* value_tile,
 // kDimV are the head dims when known at compile time, else 0.
 template <typename T, int64_t kDim, int64_t kDimV>
 void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
-                 const Scratch& s, const PartialStates& states) {
+                 const Scratch& thread_scratch, const PartialStates& states) {
+  const int64_t dim_v = kDimV != 0 ? kDimV : problem.head_dim_v;
+  Scratch s = thread_scratch;
+  s.acc = states.out + item * problem.num_qo_heads * dim_v;
+  s.max = states.max + item * problem.num_qo_heads;
+  s.sum = states.sum + item * problem.num_qo_heads;
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   const Chunk& chunk = plan.chunks[item];
@@ -503,16 +507,13 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
   const int64_t heads = problem.num_qo_heads;
 
   for (int64_t h = 0; h < heads; ++h) {
-    const int64_t offset =
-        b * problem.query_stride_b + h * problem.query_stride_h;
-    for (int64_t d = 0; d < problem.head_dim; ++d) {
-      s.query[h * problem.head_dim + d] =
-          LoadAsF32(problem.query, problem.query_dtype, offset + d);
-    }
+    LoadRowAsF32(problem.query, problem.query_dtype,
+                 b * problem.query_stride_b + h * problem.query_stride_h,
+                 problem.head_dim, s.query + h * problem.head_dim);
     s.max[h] = -std::numeric_limits<float>::infinity();
     s.sum[h] = 0.0f;
   }
-  for (int64_t i = 0; i < heads * problem.head_dim_v; ++i) s.acc[i] = 0.0f;
+  for (int64_t i = 0; i < heads * dim_v; ++i) s.acc[i] = 0.0f;
 
   const T* key_base =
       static_cast<const T*>(problem.key) + b * problem.key_stride_b;
@@ -532,14 +533,6 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     TileValues<kDimV>(problem, value_tile, n, s);
     begin = end;
   }
-
-  const int64_t state = item * heads;
-  for (int64_t h = 0; h < heads; ++h) {
-    states.max[state + h] = s.max[h];
-    states.sum[state + h] = s.sum[h];
-  }
-  float* out = states.out + state * problem.head_dim_v;
-  for (int64_t i = 0; i < heads * problem.head_dim_v; ++i) out[i] = s.acc[i];
 }
 
 }  // namespace HWY_NAMESPACE

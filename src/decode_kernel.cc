@@ -4,7 +4,7 @@
 #include "src/decode_kernel.h"
 
 #include <algorithm>
-#include <vector>
+#include <memory>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/decode_kernel.cc"
@@ -29,10 +29,12 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
   const int threads = static_cast<int>(
       std::min<int64_t>(problem.num_threads, std::max<int64_t>(num_items, 1)));
   const int64_t per_thread = ScratchFloats(problem, max_tile);
-  std::vector<float> scratch(static_cast<size_t>(per_thread * threads));
+  // Uninitialised: every element is written before it is read.
+  const std::unique_ptr<float[]> scratch(
+      new float[static_cast<size_t>(per_thread * threads)]);
   ParallelFor(threads, num_items, [&](int64_t item, int thread) {
     const Scratch s =
-        CarveScratch(problem, max_tile, scratch.data() + thread * per_thread);
+        CarveScratch(problem, max_tile, scratch.get() + thread * per_thread);
     RunWorkItem<T, kDim, kDimV>(problem, plan, item, s, states);
   });
 }

@@ -102,6 +102,48 @@ inline void StoreFromF32(void* base, DType dtype, int64_t index, float value) {
   }
 }
 
+// Converts n elements starting at element `offset` of a buffer of `dtype`
+// to f32, choosing the conversion once for the whole row.
+inline void LoadRowAsF32(const void* base, DType dtype, int64_t offset,
+                         int64_t n, float* out) {
+  switch (dtype) {
+    case DType::kBF16: {
+      const uint16_t* in = static_cast<const uint16_t*>(base) + offset;
+      for (int64_t i = 0; i < n; ++i) out[i] = F32FromBF16Bits(in[i]);
+      break;
+    }
+    case DType::kF16: {
+      const uint16_t* in = static_cast<const uint16_t*>(base) + offset;
+      for (int64_t i = 0; i < n; ++i) out[i] = F32FromF16Bits(in[i]);
+      break;
+    }
+    default:
+      std::memcpy(out, static_cast<const float*>(base) + offset,
+                  static_cast<size_t>(n) * sizeof(float));
+  }
+}
+
+// Stores n f32 values as elements [offset, offset + n) of a buffer of
+// `dtype`, rounding each once.
+inline void StoreRowFromF32(const float* in, int64_t n, void* base,
+                            DType dtype, int64_t offset) {
+  switch (dtype) {
+    case DType::kBF16: {
+      uint16_t* out = static_cast<uint16_t*>(base) + offset;
+      for (int64_t i = 0; i < n; ++i) out[i] = BF16BitsFromF32(in[i]);
+      break;
+    }
+    case DType::kF16: {
+      uint16_t* out = static_cast<uint16_t*>(base) + offset;
+      for (int64_t i = 0; i < n; ++i) out[i] = F16BitsFromF32(in[i]);
+      break;
+    }
+    default:
+      std::memcpy(static_cast<float*>(base) + offset, in,
+                  static_cast<size_t>(n) * sizeof(float));
+  }
+}
+
 }  // namespace raggedattn
 
 #endif  // RAGGEDATTN_SRC_DTYPE_H_

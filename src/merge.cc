@@ -2,7 +2,7 @@
 
 #include <cmath>
 #include <limits>
-#include <vector>
+#include <memory>
 
 #include "src/dtype.h"
 #include "src/threading.h"
@@ -25,10 +25,10 @@ int64_t SinkOffset(const Problem& problem, int64_t head) {
 }
 
 // Merges the states of one (row, head). `weights` has room for the row's
-// chunks; `sum_out` for head_dim_v doubles.
+// chunks, `row_out` for head_dim_v floats.
 void MergeHead(const Problem& problem, const RowPlan& row, int64_t b,
                int64_t head, const PartialStates& states, double* weights,
-               double* sum_out) {
+               float* row_out) {
   const int64_t heads = problem.num_qo_heads;
   const int64_t dim_v = problem.head_dim_v;
 
@@ -62,25 +62,21 @@ void MergeHead(const Problem& problem, const RowPlan& row, int64_t b,
 
   const int64_t out_offset =
       b * problem.output_stride_b + head * problem.output_stride_h;
-  if (max == kNegInf) {
-    // Nothing attended and no finite sink: output 0, lse -inf.
-    for (int64_t d = 0; d < dim_v; ++d) {
-      StoreFromF32(problem.output, problem.query_dtype, out_offset + d, 0.0f);
-    }
-  } else {
-    for (int64_t d = 0; d < dim_v; ++d) sum_out[d] = 0.0;
+  // Nothing attended and no finite sink: output 0, lse -inf.
+  for (int64_t d = 0; d < dim_v; ++d) row_out[d] = 0.0f;
+  if (max != kNegInf) {
+    // Each chunk's weight is normalised before use, so the sum stays in f32
+    // range and the output is rounded to its dtype only once, at the store.
     for (int64_t c = 0; c < row.num_chunks; ++c) {
       if (weights[c] == 0.0) continue;
+      const float weight = static_cast<float>(weights[c] / denominator);
       const float* out =
           states.out + ((row.first_chunk + c) * heads + head) * dim_v;
-      for (int64_t d = 0; d < dim_v; ++d) sum_out[d] += weights[c] * out[d];
-    }
-    const double rcp_denominator = 1.0 / denominator;
-    for (int64_t d = 0; d < dim_v; ++d) {
-      StoreFromF32(problem.output, problem.query_dtype, out_offset + d,
-                   static_cast<float>(sum_out[d] * rcp_denominator));
+      for (int64_t d = 0; d < dim_v; ++d) row_out[d] += weight * out[d];
     }
   }
+  StoreRowFromF32(row_out, dim_v, problem.output, problem.query_dtype,
+                  out_offset);
   if (problem.lse != nullptr) {
     problem.lse[b * problem.lse_stride_b + head * problem.lse_stride_h] =
         static_cast<float>(max == kNegInf ? kNegInf
@@ -97,13 +93,15 @@ void MergeAndWrite(const Problem& problem, const Plan& plan,
     if (row.num_chunks > max_chunks) max_chunks = row.num_chunks;
   }
   const int threads = problem.num_threads;
-  const int64_t per_thread = max_chunks + problem.head_dim_v;
-  std::vector<double> scratch(static_cast<size_t>(per_thread * threads));
+  // Per thread: chunk weights, then the output row in f32.
+  const int64_t per_thread = max_chunks + (problem.head_dim_v + 1) / 2;
+  const std::unique_ptr<double[]> scratch(
+      new double[static_cast<size_t>(per_thread * threads)]);
   ParallelFor(threads, problem.batch, [&](int64_t b, int thread) {
-    double* weights = scratch.data() + thread * per_thread;
+    double* weights = scratch.get() + thread * per_thread;
+    float* row_out = reinterpret_cast<float*>(weights + max_chunks);
     for (int64_t head = 0; head < problem.num_qo_heads; ++head) {
-      MergeHead(problem, plan.rows[b], b, head, states, weights,
-                weights + max_chunks);
+      MergeHead(problem, plan.rows[b], b, head, states, weights, row_out);
     }
   });
 }

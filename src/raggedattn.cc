@@ -2,8 +2,8 @@
 
 #include "raggedattn/raggedattn.h"
 
+#include <memory>
 #include <new>
-#include <vector>
 
 #include "src/decode_kernel.h"
 #include "src/merge.h"
@@ -37,12 +37,11 @@ void ragged_decode_attention(const TensorView& query, const TensorView& key,
     const Plan plan = MakePlan(problem);
     const size_t num_states =
         plan.chunks.size() * static_cast<size_t>(problem.num_qo_heads);
-    std::vector<float> state_max(num_states);
-    std::vector<float> state_sum(num_states);
-    std::vector<float> state_out(num_states *
-                                 static_cast<size_t>(problem.head_dim_v));
-    const PartialStates states{state_max.data(), state_sum.data(),
-                               state_out.data()};
+    // Uninitialised: the kernel writes every state before the merge reads it.
+    const size_t dim_v = static_cast<size_t>(problem.head_dim_v);
+    const std::unique_ptr<float[]> buffer(new float[num_states * (dim_v + 2)]);
+    const PartialStates states{buffer.get(), buffer.get() + num_states,
+                               buffer.get() + 2 * num_states};
     RunPlan(problem, plan, states);
     MergeAndWrite(problem, plan, states);
   } catch (const std::bad_alloc&) {

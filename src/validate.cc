@@ -57,10 +57,9 @@ void CheckView(const TensorView& view, const char* name, int min_rank,
   if (view.data == nullptr) Fail(std::string(name) + ": data is null");
   unsigned __int128 max_offset = 0;
   for (int i = 0; i < view.rank; ++i) {
-    const std::string where =
-        std::string(name) + ": shape[" + std::to_string(i) + "] = ";
     if (view.shape[i] < 0) {
-      Fail(where + std::to_string(view.shape[i]) + " must be >= 0");
+      Fail(std::string(name) + ": shape[" + std::to_string(i) + "] = " +
+           std::to_string(view.shape[i]) + " must be >= 0");
     }
     if (view.strides[i] < 0) {
       Fail(std::string(name) + ": strides[" + std::to_string(i) +
@@ -226,6 +225,7 @@ void CheckSequences(const Problem& problem) {
   for (int64_t b = 0; b < problem.batch; ++b) {
     const int64_t start = problem.Start(b);
     const int64_t end = problem.End(b);
+    if (start >= 0 && end <= problem.seq_len && start <= end) continue;
     const std::string index = "[" + std::to_string(b) + "] = ";
     if (start < 0) {
       Fail("sequence_start" + index + std::to_string(start) +
