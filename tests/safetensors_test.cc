@@ -68,7 +68,9 @@ TEST(SafetensorsRead, HandBuiltFileWithMetadataAndGap) {
   const float floats[2] = {1.5f, -0.25f};
   std::memcpy(data.data(), ints, 8);
   std::memcpy(data.data() + 10, floats, 8);
-  const File file = ParseImage(BuildImage(header, data));
+  // The views point into `image` (or into copies owned by `file`).
+  const std::vector<uint8_t> image = BuildImage(header, data);
+  const File file = ParseImage(image);
 
   ASSERT_EQ(file.tensors.size(), 2u);
   const TensorView& a = file.tensors.at("a");
@@ -289,11 +291,12 @@ TEST(SafetensorsRead, RejectsOverlapsButNotNeighbours) {
                  data),
       "overlap");
   // Adjacent ranges and an empty tensor inside another's range are fine.
-  const File file = ParseImage(
+  const std::vector<uint8_t> image =
       BuildImage(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                  R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},)"
                  R"("c":{"dtype":"F32","shape":[0],"data_offsets":[4,4]}})",
-                 data));
+                 data);
+  const File file = ParseImage(image);
   EXPECT_EQ(file.tensors.size(), 3u);
   EXPECT_EQ(static_cast<const float*>(file.tensors.at("b").data)[1], 4.0f);
 }
