@@ -345,6 +345,10 @@ TEST(SafetensorsFile, ReportsIoErrorsAndLeavesNoTemporaryFile) {
 
   EXPECT_THROW(ReadFile(scratch.path() + "/absent.safetensors"), IoError);
   EXPECT_THROW(ReadFile(scratch.path()), IoError);
+  // A FIFO is refused at once instead of blocking until a writer appears.
+  const std::string fifo = scratch.path() + "/fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_THROW(ReadFile(fifo), IoError);
   const std::string empty = scratch.path() + "/empty.safetensors";
   std::fclose(std::fopen(empty.c_str(), "w"));
   try {

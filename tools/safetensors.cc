@@ -357,7 +357,9 @@ File Parse(std::shared_ptr<const void> owner, const uint8_t* data,
 }
 
 File ReadFile(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it then fails the
+  // regular-file check below. Regular files ignore the flag.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw IoError("cannot open " + path + ": " + ErrnoText());
   struct stat info;
   if (::fstat(fd, &info) != 0) {

@@ -55,8 +55,10 @@ struct File {
 File Parse(std::shared_ptr<const void> owner, const uint8_t* data, size_t size);
 
 // Returns the tensors of the file at `path`, mapped read-only and private.
-// Throws IoError when the file cannot be opened or mapped and FormatError,
-// its message prefixed with the path, when it is malformed.
+// Throws IoError when the file cannot be opened or mapped (or is not a
+// regular file) and FormatError, its message prefixed with the path, when it
+// is malformed. Like any mapping, the views fault (SIGBUS) if another process
+// truncates the file while they are in use.
 File ReadFile(const std::string& path);
 
 // Returns "F32", "BF16", "F16" or "I32": the safetensors name of a dtype.
