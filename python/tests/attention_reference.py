@@ -78,7 +78,8 @@ def reference_attention(query, key, value, sequence_start, sequence_end,
             shift = np.max(everything)
             weights = np.exp(logits - shift)
             denominator = weights.sum() + np.exp(head_sinks - shift).sum()
-            output[b, h] = weights @ value[b, positions, kv_head, :] / denominator
+            values = value[b, positions, kv_head, :]
+            output[b, h] = weights @ values / denominator
             lse[b, h] = shift + math.log(denominator)
     return output, lse
 
