@@ -38,7 +38,12 @@ TensorView TensorView::Contiguous(const void* data, DType dtype,
   int64_t stride = 1;
   for (int d = view.rank - 1; d >= 0; --d) {
     view.strides[d] = stride;
-    stride *= view.shape[d] > 0 ? view.shape[d] : 1;
+    // Only outer dimensions use the product, so the outermost never needs it.
+    if (d > 0 && __builtin_mul_overflow(
+                     stride, view.shape[d] > 0 ? view.shape[d] : 1, &stride)) {
+      throw InvalidArgument("TensorView: the element count of the shape "
+                            "exceeds 2^63");
+    }
   }
   return view;
 }
