@@ -120,13 +120,14 @@ CaseSpec MakeCase(const Preset& preset, int64_t context, int64_t batch) {
 }
 
 void Register(const std::string& name, const CaseSpec& spec,
-              size_t working_set = kWorkingSet) {
+              size_t working_set = kWorkingSet,
+              benchmark::TimeUnit unit = benchmark::kMillisecond) {
   benchmark::RegisterBenchmark(name.c_str(),
                                [spec, working_set](benchmark::State& state) {
                                  RunKernel(state, spec, working_set);
                                })
       ->UseRealTime()
-      ->Unit(benchmark::kMillisecond);
+      ->Unit(unit);
 }
 
 void RegisterAll() {
@@ -217,9 +218,10 @@ void RegisterAll() {
   // planning, thread wake-up, merge). Warm: one copy stays in cache. Cold:
   // every call reads a copy last touched a gigabyte ago.
   Register("BM_SmallCall/Llama-3-8B/tokens:1/cache:warm",
-           MakeCase(LlamaShape(), 1, 1), /*working_set=*/0);
+           MakeCase(LlamaShape(), 1, 1), /*working_set=*/0,
+           benchmark::kMicrosecond);
   Register("BM_SmallCall/Llama-3-8B/tokens:1/cache:cold",
-           MakeCase(LlamaShape(), 1, 1));
+           MakeCase(LlamaShape(), 1, 1), kWorkingSet, benchmark::kMicrosecond);
 
   // The machine's limits the kernel is measured against.
   for (const int threads : thread_counts) {
