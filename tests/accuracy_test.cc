@@ -386,7 +386,7 @@ Case RandomCase(uint64_t seed) {
 }
 
 TEST(Accuracy, RandomSweep) {
-  for (uint64_t seed = 1; seed <= 40; ++seed) {
+  for (uint64_t seed = 1; seed <= 100; ++seed) {
     const Case c = RandomCase(seed);
     SCOPED_TRACE(c.Describe());
     ExpectMatchesOnAllTargets(c);

@@ -139,6 +139,24 @@ TEST(Options, ZeroSoftCapMeansNoCap) {
   });
 }
 
+// lse is optional; leaving it out changes nothing else.
+TEST(Options, LseIsOptional) {
+  Case c;
+  c.Batch(3).Heads(4, 2).Dims(32, 16).SeqLen(700).Seed(70);
+  c.Sinks(SinkShape::kPerQoHead, 1);
+  const Inputs in = MakeInputs(c);
+  ForEachTarget([&] {
+    const Outputs with_lse = RunLibrary(c, in);
+    Outputs without_lse = MakeOutputs(c);
+    ragged_decode_attention(in.query.view(), in.key.view(), in.value.view(),
+                            in.sequence_start.view(), in.sequence_end.view(),
+                            without_lse.output.view(), c.options, in.aux_view(),
+                            nullptr);
+    EXPECT_TRUE(without_lse.output.SameBytes(with_lse.output));
+    EXPECT_TRUE(without_lse.lse.SameBytes(MakeOutputs(c).lse));
+  });
+}
+
 // The model-config convention: "the last W tokens" is left = W - 1.
 TEST(Options, WindowOfLastWTokens) {
   const int64_t kW = 10;
