@@ -151,6 +151,49 @@ HWY_INLINE void PrefetchRowToL2(const void* row, int64_t bytes) {
   }
 }
 
+// Requests the cache lines of a run of rows into L2 a few at a time, so the
+// requests spread evenly over a stretch of arithmetic instead of arriving in
+// one burst that would stall on the core's few line-fill buffers.
+class RowPrefetcher {
+ public:
+  RowPrefetcher() = default;
+  // rows rows of row_bytes bytes, stride_bytes apart, over about `steps`
+  // calls of Step().
+  RowPrefetcher(const void* first_row, int64_t stride_bytes,
+                int64_t row_bytes, int64_t rows, int64_t steps)
+      : row_(static_cast<const char*>(first_row)),
+        stride_(stride_bytes),
+        row_bytes_(row_bytes),
+        rows_left_(rows) {
+    const int64_t lines = rows * ((row_bytes + 63) / 64);
+    lines_per_step_ = steps > 0 ? (lines + steps - 1) / steps : lines;
+  }
+
+  HWY_INLINE void Step() { Request(lines_per_step_); }
+  // Requests every line not requested yet.
+  void Finish() { Request(std::numeric_limits<int64_t>::max()); }
+
+ private:
+  HWY_INLINE void Request(int64_t lines) {
+    for (; lines > 0 && rows_left_ > 0; --lines) {
+      __builtin_prefetch(row_ + offset_, /*rw=*/0, /*locality=*/2);
+      offset_ += 64;
+      if (offset_ >= row_bytes_) {
+        offset_ = 0;
+        row_ += stride_;
+        --rows_left_;
+      }
+    }
+  }
+
+  const char* row_ = nullptr;
+  int64_t stride_ = 0;
+  int64_t row_bytes_ = 0;
+  int64_t rows_left_ = 0;
+  int64_t offset_ = 0;
+  int64_t lines_per_step_ = 0;
+};
+
 // Dot products of one key row segment with a group of query heads:
 // out[g * out_stride] = scale * dot(query + g * dim, key), g < groups. Four
 // heads share each widened key vector.
@@ -271,8 +314,11 @@ HWY_INLINE void TokenLogits4(const T* k0, const T* k1, const T* k2,
 // walking one KV head's rows instead jumps num_kv_heads * head_dim elements
 // per token and leaves the core waiting on memory.
 //
-// The tile's value rows are requested into L2 on the way, in the same order,
-// so that TileValues, which walks them head by head, finds them there.
+// For a chunk's first tile, value_tile is non-null and the tile's value rows
+// are requested into L2 on the way, in the same order, so that TileValues,
+// which walks them head by head, finds them there. Later tiles' value rows
+// are requested during the previous tile's TileValues instead, which keeps
+// memory busy while the value pass computes.
 template <int64_t kDim, typename T>
 HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
                            const T* value_tile, int64_t n, const Scratch& s) {
@@ -293,7 +339,9 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
       const T* row = key_tile + j * stride;
       for (int64_t t = 0; t < 4; ++t) {
         PrefetchRow(row + t * stride + ahead, row_bytes);
-        PrefetchRowToL2(value_tile + (j + t) * value_stride, value_bytes);
+        if (value_tile != nullptr) {
+          PrefetchRowToL2(value_tile + (j + t) * value_stride, value_bytes);
+        }
       }
       for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
         const T* key = row + kv * problem.key_stride_h;
@@ -309,7 +357,9 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
   for (; j < n; ++j) {
     const T* row = key_tile + j * stride;
     PrefetchRow(row + ahead, row_bytes);
-    PrefetchRowToL2(value_tile + j * value_stride, value_bytes);
+    if (value_tile != nullptr) {
+      PrefetchRowToL2(value_tile + j * value_stride, value_bytes);
+    }
     for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
       GroupLogits<kDim>(row + kv * problem.key_stride_h, s.query + kv * groups * dim,
                   dim, groups, problem.softmax_scale,
@@ -394,7 +444,7 @@ inline constexpr int kVectorRegisters = 16;
 template <int kHeads, int kVectors, typename T>
 HWY_INLINE void ValueBlock(const T* value, int64_t stride, int64_t n,
                            const float* p, int64_t p_stride, float* acc,
-                           int64_t acc_stride) {
+                           int64_t acc_stride, RowPrefetcher& prefetcher) {
   const DF df;
   const size_t lanes = hn::Lanes(df);
   VF sums[kHeads][kVectors];
@@ -406,6 +456,7 @@ HWY_INLINE void ValueBlock(const T* value, int64_t stride, int64_t n,
     }
   }
   for (int64_t j = 0; j < n; ++j) {
+    prefetcher.Step();
     const T* row = value + j * stride;
     VF x[kVectors];
     HWY_UNROLL(8)
@@ -433,22 +484,24 @@ HWY_INLINE void ValueBlock(const T* value, int64_t stride, int64_t n,
 template <int kHeads, int64_t kDimV, typename T>
 HWY_INLINE void HeadValues(const T* value, int64_t stride, int64_t n,
                            int64_t runtime_dim_v, const float* p,
-                           int64_t p_stride, float* acc) {
+                           int64_t p_stride, float* acc,
+                           RowPrefetcher& prefetcher) {
   const int64_t dim_v = kDimV != 0 ? kDimV : runtime_dim_v;
   const DF df;
   const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
   const int64_t full = dim_v / lanes * lanes;
-  // Leaves registers for the widened row and the broadcast weight.
-  constexpr int kBlock = (kVectorRegisters - 8) / kHeads < 8
-                             ? (kVectorRegisters - 8) / kHeads
-                             : 8;
+  // Leaves registers for the widened row and the broadcast weight; a power
+  // of two so that the common head dims split into whole blocks.
+  constexpr int kLimit = (kVectorRegisters - 8) / kHeads;
+  constexpr int kBlock = kLimit >= 8 ? 8 : kLimit >= 4 ? 4 : kLimit >= 2 ? 2 : 1;
   int64_t d = 0;
   for (; d + kBlock * lanes <= full; d += kBlock * lanes) {
     ValueBlock<kHeads, kBlock>(value + d, stride, n, p, p_stride, acc + d,
-                               dim_v);
+                               dim_v, prefetcher);
   }
   for (; d < full; d += lanes) {
-    ValueBlock<kHeads, 1>(value + d, stride, n, p, p_stride, acc + d, dim_v);
+    ValueBlock<kHeads, 1>(value + d, stride, n, p, p_stride, acc + d, dim_v,
+                          prefetcher);
   }
   for (; d < dim_v; ++d) {
     for (int64_t j = 0; j < n; ++j) {
@@ -462,9 +515,12 @@ HWY_INLINE void HeadValues(const T* value, int64_t stride, int64_t n,
 
 // acc[h] += sum_j p[h][j] * value row j over one tile, KV head by KV head and
 // four query heads at a time. TileLogits already brought the rows into L2.
+//
+// `prefetcher` requests the next tile's value rows a few lines per token.
 template <int64_t kDimV, typename T>
 HWY_INLINE void TileValues(const Problem& problem, const T* value_tile,
-                           int64_t n, const Scratch& s) {
+                           int64_t n, const Scratch& s,
+                           RowPrefetcher& prefetcher) {
   const int64_t groups = problem.group_size;
   const int64_t dim_v = kDimV != 0 ? kDimV : problem.head_dim_v;
   const int64_t stride = problem.value_stride_n;
@@ -475,17 +531,17 @@ HWY_INLINE void TileValues(const Problem& problem, const T* value_tile,
     for (; g + 4 <= groups; g += 4) {
       const int64_t head = kv * groups + g;
       HeadValues<4, kDimV>(value, stride, n, dim_v, s.logits + head * cap, cap,
-                           s.acc + head * dim_v);
+                           s.acc + head * dim_v, prefetcher);
     }
     for (; g + 2 <= groups; g += 2) {
       const int64_t head = kv * groups + g;
       HeadValues<2, kDimV>(value, stride, n, dim_v, s.logits + head * cap, cap,
-                           s.acc + head * dim_v);
+                           s.acc + head * dim_v, prefetcher);
     }
     for (; g < groups; ++g) {
       const int64_t head = kv * groups + g;
       HeadValues<1, kDimV>(value, stride, n, dim_v, s.logits + head * cap, cap,
-                           s.acc + head * dim_v);
+                           s.acc + head * dim_v, prefetcher);
     }
   }
 }
@@ -519,6 +575,9 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
       static_cast<const T*>(problem.key) + b * problem.key_stride_b;
   const T* value_base =
       static_cast<const T*>(problem.value) + b * problem.value_stride_b;
+  const int64_t value_row_bytes =
+      static_cast<int64_t>(sizeof(T)) *
+      ((problem.num_kv_heads - 1) * problem.value_stride_h + dim_v);
   // Tiles are aligned to multiples of block_size in absolute positions.
   for (int64_t begin = chunk.begin; begin < chunk.end;) {
     const int64_t boundary = (begin / plan.block_size + 1) * plan.block_size;
@@ -528,9 +587,23 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
 
     const T* value_tile = value_base + begin * problem.value_stride_n;
     TileLogits<kDim>(problem, key_base + begin * problem.key_stride_n,
-                     value_tile, n, s);
+                     begin == chunk.begin ? value_tile : nullptr, n, s);
     for (int64_t h = 0; h < heads; ++h) TileSoftmax(problem, h, n, padded, s);
-    TileValues<kDimV>(problem, value_tile, n, s);
+
+    // The next tile's value rows, requested during this tile's value pass:
+    // one step per token of every (KV head, head block, column block).
+    const int64_t next_end = end + plan.block_size < chunk.end
+                                 ? end + plan.block_size
+                                 : chunk.end;
+    const int64_t head_blocks = (problem.group_size + 3) / 4;
+    const int64_t column_blocks = (dim_v + 4 * lanes - 1) / (4 * lanes);
+    RowPrefetcher prefetcher(
+        value_base + end * problem.value_stride_n,
+        problem.value_stride_n * static_cast<int64_t>(sizeof(T)),
+        value_row_bytes, next_end - end,
+        n * problem.num_kv_heads * head_blocks * column_blocks);
+    TileValues<kDimV>(problem, value_tile, n, s, prefetcher);
+    prefetcher.Finish();
     begin = end;
   }
 }
