@@ -10,15 +10,18 @@
 #define RAGGEDATTN_SRC_DECODE_KERNEL_INL_H_
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 
 #include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "src/decode_kernel.h"
 #include "src/dtype.h"
+#include "src/threading.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace raggedattn {
@@ -606,6 +609,48 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     prefetcher.Finish();
     begin = end;
   }
+}
+
+template <typename T, int64_t kDim, int64_t kDimV>
+void RunPlanAs(const Problem& problem, const Plan& plan,
+               const PartialStates& states) {
+  int64_t max_tile = 1;
+  for (const Chunk& chunk : plan.chunks) {
+    max_tile = std::max(max_tile, std::min(chunk.end - chunk.begin,
+                                           plan.block_size));
+  }
+  const int64_t num_items = plan.NumWorkItems();
+  const int threads = static_cast<int>(
+      std::min<int64_t>(problem.num_threads, std::max<int64_t>(num_items, 1)));
+  const int64_t per_thread = ScratchFloats(problem, max_tile);
+  // Uninitialised: every element is written before it is read.
+  const std::unique_ptr<float[]> scratch(
+      new float[static_cast<size_t>(per_thread * threads)]);
+  ParallelFor(threads, num_items, [&](int64_t item, int thread) {
+    const Scratch s =
+        CarveScratch(problem, max_tile, scratch.get() + thread * per_thread);
+    RunWorkItem<T, kDim, kDimV>(problem, plan, item, s, states);
+  });
+}
+
+// Head dims of real models get compile-time loop bounds; others share one
+// generic instantiation. Each one costs compile time for every target.
+template <typename T>
+void RunPlanForDims(const Problem& problem, const Plan& plan,
+                    const PartialStates& states) {
+  if (problem.head_dim == problem.head_dim_v) {
+    switch (problem.head_dim) {
+      case 64:
+        return RunPlanAs<T, 64, 64>(problem, plan, states);
+      case 128:
+        return RunPlanAs<T, 128, 128>(problem, plan, states);
+      case 256:
+        return RunPlanAs<T, 256, 256>(problem, plan, states);
+      default:
+        break;
+    }
+  }
+  RunPlanAs<T, 0, 0>(problem, plan, states);
 }
 
 }  // namespace HWY_NAMESPACE

@@ -26,6 +26,15 @@ struct PartialStates {
 void RunPlan(const Problem& problem, const Plan& plan,
              const PartialStates& states);
 
+// RunPlan for one KV dtype each; defined in the translation units generated
+// from decode_kernel_dtype.cc.in.
+void RunPlanBF16(const Problem& problem, const Plan& plan,
+                 const PartialStates& states);
+void RunPlanF16(const Problem& problem, const Plan& plan,
+                const PartialStates& states);
+void RunPlanF32(const Problem& problem, const Plan& plan,
+                const PartialStates& states);
+
 // Returns the name of the SIMD target RunPlan dispatches to.
 const char* DispatchedTargetName();
 
