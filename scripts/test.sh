@@ -75,6 +75,8 @@ step "Release build (${BUILD_DIR}/)" bash -c '
 step "Release tests (ctest)" run_ctest "${BUILD_DIR}"
 
 if ((run_asan)); then
+  # -O1: the instrumented SIMD kernels compile in about 60% of their -O2
+  # time (measured 5 vs 8.5 CPU minutes when they were one file).
   # Exported before the build: gtest_discover_tests runs each test binary
   # at build time. allocator_may_return_null keeps out-of-memory paths
   # (std::bad_alloc) testable under ASan.
@@ -82,6 +84,7 @@ if ((run_asan)); then
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
   step "ASan+UBSan build (${ASAN_BUILD_DIR}/)" bash -c '
     cmake -S . -B "$1" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
       -DRAGGEDATTN_SANITIZE=address,undefined \
       -DRAGGEDATTN_BUILD_BENCHMARKS=OFF &&
     cmake --build "$1" -j "$2"' _ "${ASAN_BUILD_DIR}" "${JOBS}"
