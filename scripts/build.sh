@@ -8,6 +8,7 @@
 #
 # BUILD_DIR=dir changes the build folder; JOBS=N the parallelism (default 2).
 
+# shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 BUILD_DIR="${BUILD_DIR:-build}"

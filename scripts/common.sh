@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by scripts/*.sh. Source it; it defines functions and moves
 # to the repository root, so every script works from any directory.
 
@@ -57,6 +58,7 @@ install_debs() {
 
 # What the C++ build needs. g++ brings libgomp (OpenMP) and the ASan/UBSan
 # runtimes through libgcc-12-dev, so no separate OpenMP package is needed.
+# shellcheck disable=SC2034  # used by the scripts that source this file
 CXX_DEBS=(
   cmake g++ make
   libhwy-dev libcli11-dev nlohmann-json3-dev

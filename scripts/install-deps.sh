@@ -4,6 +4,7 @@
 #
 #   scripts/install-deps.sh [--python]
 
+# shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 install_debs "${CXX_DEBS[@]}"
