@@ -19,8 +19,9 @@ namespace HWY_NAMESPACE {
 
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Returns the wrapping sum of the 32-bit words of [begin, end) plus the
-// trailing bytes: every byte is loaded once.
+// Returns a checksum of [begin, end) (32-bit words summed per lane, lanes
+// and leftover bytes added in 64 bits) so the loads cannot be optimized away:
+// every byte is loaded once.
 uint64_t SumBytes(const uint8_t* begin, const uint8_t* end) {
   const hn::ScalableTag<uint32_t> d;
   const size_t vector_bytes = hn::Lanes(d) * sizeof(uint32_t);
@@ -52,8 +53,13 @@ uint64_t SumBytes(const uint8_t* begin, const uint8_t* end) {
   }
   while (p < end) scalar += *p++;
 
+  // Lane by lane in 64 bits: SumOfLanes on u32 reaches GCC's
+  // _mm512_reduce_add_epi32, whose signed adds overflow (UBSan).
   const auto total = hn::Add(hn::Add(sum0, sum1), hn::Add(sum2, sum3));
-  return scalar + hn::GetLane(hn::SumOfLanes(d, total));
+  HWY_ALIGN uint32_t lanes[hn::MaxLanes(d)];
+  hn::Store(total, d, lanes);
+  for (size_t i = 0; i < hn::Lanes(d); ++i) scalar += lanes[i];
+  return scalar;
 }
 
 uint64_t ReadProbeForTarget(const std::vector<ByteSpan>& spans,
