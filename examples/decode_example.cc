@@ -36,8 +36,7 @@ int main() {
   options.logits_soft_cap = 30.0;
   try {
     raggedattn::ragged_decode_attention(
-        TensorView::Contiguous(query.data(), DType::kBF16,
-                               {batch, heads, dim}),
+        TensorView::Contiguous(query.data(), DType::kBF16, {batch, heads, dim}),
         key_view, value_view,
         TensorView::Contiguous(start.data(), DType::kI32, {batch}),
         TensorView::Contiguous(end.data(), DType::kI32, {batch}),

@@ -129,17 +129,17 @@ HWY_INLINE void SumLanes4(VF a, VF b, VF c, VF d, float* sums) {
 #else
   const DF df;
   // Per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3] and likewise c, d.
-  const VF ab = hn::Add(hn::InterleaveLower(df, a, b),
-                        hn::InterleaveUpper(df, a, b));
-  const VF cd = hn::Add(hn::InterleaveLower(df, c, d),
-                        hn::InterleaveUpper(df, c, d));
+  const VF ab =
+      hn::Add(hn::InterleaveLower(df, a, b), hn::InterleaveUpper(df, a, b));
+  const VF cd =
+      hn::Add(hn::InterleaveLower(df, c, d), hn::InterleaveUpper(df, c, d));
   // Per block: [sum a, sum b, sum c, sum d].
   const hn::Repartition<uint64_t, DF> du64;
-  const VF block_sums = hn::Add(
-      hn::BitCast(df, hn::InterleaveLower(du64, hn::BitCast(du64, ab),
-                                          hn::BitCast(du64, cd))),
-      hn::BitCast(df, hn::InterleaveUpper(du64, hn::BitCast(du64, ab),
-                                          hn::BitCast(du64, cd))));
+  const VF block_sums =
+      hn::Add(hn::BitCast(df, hn::InterleaveLower(du64, hn::BitCast(du64, ab),
+                                                  hn::BitCast(du64, cd))),
+              hn::BitCast(df, hn::InterleaveUpper(du64, hn::BitCast(du64, ab),
+                                                  hn::BitCast(du64, cd))));
   const hn::Vec<hn::Full128<float>> sums128 = SumBlocks(df, block_sums);
   hn::StoreU(sums128, hn::Full128<float>(), sums);
 #endif
@@ -162,8 +162,8 @@ class RowPrefetcher {
   RowPrefetcher() = default;
   // rows rows of row_bytes bytes, stride_bytes apart, over about `steps`
   // calls of Step().
-  RowPrefetcher(const void* first_row, int64_t stride_bytes,
-                int64_t row_bytes, int64_t rows, int64_t steps)
+  RowPrefetcher(const void* first_row, int64_t stride_bytes, int64_t row_bytes,
+                int64_t rows, int64_t steps)
       : row_(static_cast<const char*>(first_row)),
         stride_(stride_bytes),
         row_bytes_(row_bytes),
@@ -197,9 +197,55 @@ class RowPrefetcher {
   int64_t lines_per_step_ = 0;
 };
 
+// Writes dot(q[i], k[i]) for i < 4 over dim elements to sums[0..3]. Callers
+// pass one key row four times (four heads) or one query four times (four
+// tokens); after inlining the repeated loads are the same expression and are
+// loaded and widened once.
+template <int64_t kDim, typename T>
+HWY_INLINE void Dots4(const float* q0, const float* q1, const float* q2,
+                      const float* q3, const T* k0, const T* k1, const T* k2,
+                      const T* k3, int64_t runtime_dim, float* sums) {
+  const int64_t dim = kDim != 0 ? kDim : runtime_dim;
+  const DF df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t full = dim / lanes * lanes;
+  // Two accumulator sets: FMA latency is 4 cycles on 2 ports, so four
+  // chains would keep the units only half busy.
+  VF a0 = hn::Zero(df), a1 = hn::Zero(df);
+  VF a2 = hn::Zero(df), a3 = hn::Zero(df);
+  VF b0 = hn::Zero(df), b1 = hn::Zero(df);
+  VF b2 = hn::Zero(df), b3 = hn::Zero(df);
+  int64_t d = 0;
+  for (; d + 2 * lanes <= full; d += 2 * lanes) {
+    const int64_t e = d + lanes;
+    a0 = hn::MulAdd(hn::LoadU(df, q0 + d), LoadF32(df, k0 + d), a0);
+    a1 = hn::MulAdd(hn::LoadU(df, q1 + d), LoadF32(df, k1 + d), a1);
+    a2 = hn::MulAdd(hn::LoadU(df, q2 + d), LoadF32(df, k2 + d), a2);
+    a3 = hn::MulAdd(hn::LoadU(df, q3 + d), LoadF32(df, k3 + d), a3);
+    b0 = hn::MulAdd(hn::LoadU(df, q0 + e), LoadF32(df, k0 + e), b0);
+    b1 = hn::MulAdd(hn::LoadU(df, q1 + e), LoadF32(df, k1 + e), b1);
+    b2 = hn::MulAdd(hn::LoadU(df, q2 + e), LoadF32(df, k2 + e), b2);
+    b3 = hn::MulAdd(hn::LoadU(df, q3 + e), LoadF32(df, k3 + e), b3);
+  }
+  if (d < full) {
+    a0 = hn::MulAdd(hn::LoadU(df, q0 + d), LoadF32(df, k0 + d), a0);
+    a1 = hn::MulAdd(hn::LoadU(df, q1 + d), LoadF32(df, k1 + d), a1);
+    a2 = hn::MulAdd(hn::LoadU(df, q2 + d), LoadF32(df, k2 + d), a2);
+    a3 = hn::MulAdd(hn::LoadU(df, q3 + d), LoadF32(df, k3 + d), a3);
+  }
+  SumLanes4(hn::Add(a0, b0), hn::Add(a1, b1), hn::Add(a2, b2), hn::Add(a3, b3),
+            sums);
+  for (d = full; d < dim; ++d) {
+    sums[0] += q0[d] * ScalarF32(k0 + d);
+    sums[1] += q1[d] * ScalarF32(k1 + d);
+    sums[2] += q2[d] * ScalarF32(k2 + d);
+    sums[3] += q3[d] * ScalarF32(k3 + d);
+  }
+}
+
 // Dot products of one key row segment with a group of query heads:
-// out[g * out_stride] = scale * dot(query + g * dim, key), g < groups. Four
-// heads share each widened key vector.
+// out[g * out_stride] = scale * dot(query + g * dim, key), g < groups, four
+// heads at a time.
 template <int64_t kDim, typename T>
 HWY_INLINE void GroupLogits(const T* key, const float* query,
                             int64_t runtime_dim, int64_t groups, float scale,
@@ -210,46 +256,10 @@ HWY_INLINE void GroupLogits(const T* key, const float* query,
   const int64_t full = dim / lanes * lanes;
   int64_t g = 0;
   for (; g + 4 <= groups; g += 4) {
-    const float* q0 = query + g * dim;
-    const float* q1 = q0 + dim;
-    const float* q2 = q1 + dim;
-    const float* q3 = q2 + dim;
-    // Two accumulator sets: FMA latency is 4 cycles on 2 ports, so four
-    // chains would keep the units only half busy.
-    VF a0 = hn::Zero(df), a1 = hn::Zero(df);
-    VF a2 = hn::Zero(df), a3 = hn::Zero(df);
-    VF b0 = hn::Zero(df), b1 = hn::Zero(df);
-    VF b2 = hn::Zero(df), b3 = hn::Zero(df);
-    int64_t d = 0;
-    for (; d + 2 * lanes <= full; d += 2 * lanes) {
-      const VF k = LoadF32(df, key + d);
-      const VF k1 = LoadF32(df, key + d + lanes);
-      a0 = hn::MulAdd(hn::LoadU(df, q0 + d), k, a0);
-      a1 = hn::MulAdd(hn::LoadU(df, q1 + d), k, a1);
-      a2 = hn::MulAdd(hn::LoadU(df, q2 + d), k, a2);
-      a3 = hn::MulAdd(hn::LoadU(df, q3 + d), k, a3);
-      b0 = hn::MulAdd(hn::LoadU(df, q0 + d + lanes), k1, b0);
-      b1 = hn::MulAdd(hn::LoadU(df, q1 + d + lanes), k1, b1);
-      b2 = hn::MulAdd(hn::LoadU(df, q2 + d + lanes), k1, b2);
-      b3 = hn::MulAdd(hn::LoadU(df, q3 + d + lanes), k1, b3);
-    }
-    if (d < full) {
-      const VF k = LoadF32(df, key + d);
-      a0 = hn::MulAdd(hn::LoadU(df, q0 + d), k, a0);
-      a1 = hn::MulAdd(hn::LoadU(df, q1 + d), k, a1);
-      a2 = hn::MulAdd(hn::LoadU(df, q2 + d), k, a2);
-      a3 = hn::MulAdd(hn::LoadU(df, q3 + d), k, a3);
-    }
+    const float* q = query + g * dim;
     HWY_ALIGN float sums[4];
-    SumLanes4(hn::Add(a0, b0), hn::Add(a1, b1), hn::Add(a2, b2),
-              hn::Add(a3, b3), sums);
-    for (int64_t d = full; d < dim; ++d) {
-      const float k = ScalarF32(key + d);
-      sums[0] += q0[d] * k;
-      sums[1] += q1[d] * k;
-      sums[2] += q2[d] * k;
-      sums[3] += q3[d] * k;
-    }
+    Dots4<kDim>(q, q + dim, q + 2 * dim, q + 3 * dim, key, key, key, key, dim,
+                sums);
     for (int64_t i = 0; i < 4; ++i) out[(g + i) * out_stride] = sums[i] * scale;
   }
   for (; g < groups; ++g) {
@@ -262,53 +272,6 @@ HWY_INLINE void GroupLogits(const T* key, const float* query,
     for (int64_t d = full; d < dim; ++d) sum += q[d] * ScalarF32(key + d);
     out[g * out_stride] = sum * scale;
   }
-}
-
-// out[t] = scale * dot(query, key_t) for four key row segments: with fewer
-// than four heads per group, four tokens share one reduction instead.
-template <int64_t kDim, typename T>
-HWY_INLINE void TokenLogits4(const T* k0, const T* k1, const T* k2,
-                             const T* k3, const float* query,
-                             int64_t runtime_dim, float scale, float* out) {
-  const int64_t dim = kDim != 0 ? kDim : runtime_dim;
-  const DF df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t full = dim / lanes * lanes;
-  // Two accumulator sets, as in GroupLogits.
-  VF a0 = hn::Zero(df), a1 = hn::Zero(df);
-  VF a2 = hn::Zero(df), a3 = hn::Zero(df);
-  VF b0 = hn::Zero(df), b1 = hn::Zero(df);
-  VF b2 = hn::Zero(df), b3 = hn::Zero(df);
-  int64_t d = 0;
-  for (; d + 2 * lanes <= full; d += 2 * lanes) {
-    const VF q = hn::LoadU(df, query + d);
-    const VF q1 = hn::LoadU(df, query + d + lanes);
-    a0 = hn::MulAdd(q, LoadF32(df, k0 + d), a0);
-    a1 = hn::MulAdd(q, LoadF32(df, k1 + d), a1);
-    a2 = hn::MulAdd(q, LoadF32(df, k2 + d), a2);
-    a3 = hn::MulAdd(q, LoadF32(df, k3 + d), a3);
-    b0 = hn::MulAdd(q1, LoadF32(df, k0 + d + lanes), b0);
-    b1 = hn::MulAdd(q1, LoadF32(df, k1 + d + lanes), b1);
-    b2 = hn::MulAdd(q1, LoadF32(df, k2 + d + lanes), b2);
-    b3 = hn::MulAdd(q1, LoadF32(df, k3 + d + lanes), b3);
-  }
-  if (d < full) {
-    const VF q = hn::LoadU(df, query + d);
-    a0 = hn::MulAdd(q, LoadF32(df, k0 + d), a0);
-    a1 = hn::MulAdd(q, LoadF32(df, k1 + d), a1);
-    a2 = hn::MulAdd(q, LoadF32(df, k2 + d), a2);
-    a3 = hn::MulAdd(q, LoadF32(df, k3 + d), a3);
-  }
-  HWY_ALIGN float sums[4];
-  SumLanes4(hn::Add(a0, b0), hn::Add(a1, b1), hn::Add(a2, b2),
-            hn::Add(a3, b3), sums);
-  for (int64_t d = full; d < dim; ++d) {
-    sums[0] += query[d] * ScalarF32(k0 + d);
-    sums[1] += query[d] * ScalarF32(k1 + d);
-    sums[2] += query[d] * ScalarF32(k2 + d);
-    sums[3] += query[d] * ScalarF32(k3 + d);
-  }
-  for (int64_t i = 0; i < 4; ++i) out[i] = sums[i] * scale;
 }
 
 // logits[h * capacity + j] = scale * dot(query[h], key row j) for every
@@ -329,11 +292,13 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
   const int64_t groups = problem.group_size;
   const int64_t stride = problem.key_stride_n;
   const int64_t cap = s.tile_capacity;
-  const int64_t row_bytes = static_cast<int64_t>(sizeof(T)) *
+  const int64_t row_bytes =
+      static_cast<int64_t>(sizeof(T)) *
       ((problem.num_kv_heads - 1) * problem.key_stride_h + dim);
   const int64_t ahead = PrefetchTokens(row_bytes) * stride;
   const int64_t value_stride = problem.value_stride_n;
-  const int64_t value_bytes = static_cast<int64_t>(sizeof(T)) *
+  const int64_t value_bytes =
+      static_cast<int64_t>(sizeof(T)) *
       ((problem.num_kv_heads - 1) * problem.value_stride_h +
        problem.head_dim_v);
   int64_t j = 0;
@@ -350,9 +315,13 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
         const T* key = row + kv * problem.key_stride_h;
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t head = kv * groups + g;
-          TokenLogits4<kDim>(key, key + stride, key + 2 * stride, key + 3 * stride,
-                       s.query + head * dim, dim, problem.softmax_scale,
-                       s.logits + head * cap + j);
+          // Four tokens share one reduction when a group has few heads.
+          const float* q = s.query + head * dim;
+          HWY_ALIGN float sums[4];
+          Dots4<kDim>(q, q, q, q, key, key + stride, key + 2 * stride,
+                      key + 3 * stride, dim, sums);
+          float* out = s.logits + head * cap + j;
+          for (int t = 0; t < 4; ++t) out[t] = sums[t] * problem.softmax_scale;
         }
       }
     }
@@ -364,9 +333,9 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
       PrefetchRowToL2(value_tile + j * value_stride, value_bytes);
     }
     for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
-      GroupLogits<kDim>(row + kv * problem.key_stride_h, s.query + kv * groups * dim,
-                  dim, groups, problem.softmax_scale,
-                  s.logits + kv * groups * cap + j, cap);
+      GroupLogits<kDim>(
+          row + kv * problem.key_stride_h, s.query + kv * groups * dim, dim,
+          groups, problem.softmax_scale, s.logits + kv * groups * cap + j, cap);
     }
   }
 }
@@ -496,7 +465,10 @@ HWY_INLINE void HeadValues(const T* value, int64_t stride, int64_t n,
   // Leaves registers for the widened row and the broadcast weight; a power
   // of two so that the common head dims split into whole blocks.
   constexpr int kLimit = (kVectorRegisters - 8) / kHeads;
-  constexpr int kBlock = kLimit >= 8 ? 8 : kLimit >= 4 ? 4 : kLimit >= 2 ? 2 : 1;
+  constexpr int kBlock = kLimit >= 8   ? 8
+                         : kLimit >= 4 ? 4
+                         : kLimit >= 2 ? 2
+                                       : 1;
   int64_t d = 0;
   for (; d + kBlock * lanes <= full; d += kBlock * lanes) {
     ValueBlock<kHeads, kBlock>(value + d, stride, n, p, p_stride, acc + d,
@@ -595,9 +567,8 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
 
     // The next tile's value rows, requested during this tile's value pass:
     // one step per token of every (KV head, head block, column block).
-    const int64_t next_end = end + plan.block_size < chunk.end
-                                 ? end + plan.block_size
-                                 : chunk.end;
+    const int64_t next_end =
+        end + plan.block_size < chunk.end ? end + plan.block_size : chunk.end;
     const int64_t head_blocks = (problem.group_size + 3) / 4;
     const int64_t column_blocks = (dim_v + 4 * lanes - 1) / (4 * lanes);
     RowPrefetcher prefetcher(
@@ -616,8 +587,8 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
                const PartialStates& states) {
   int64_t max_tile = 1;
   for (const Chunk& chunk : plan.chunks) {
-    max_tile = std::max(max_tile, std::min(chunk.end - chunk.begin,
-                                           plan.block_size));
+    max_tile =
+        std::max(max_tile, std::min(chunk.end - chunk.begin, plan.block_size));
   }
   const int64_t num_items = plan.NumWorkItems();
   const int threads = static_cast<int>(

@@ -60,7 +60,7 @@ inline uint16_t F16BitsFromF32(float f) {
   const uint32_t bits = BitsFromF32(f);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs_bits = bits & 0x7FFFFFFFu;
-  if (abs_bits > 0x7F800000u) return sign | 0x7E00u;  // NaN
+  if (abs_bits > 0x7F800000u) return sign | 0x7E00u;   // NaN
   if (abs_bits >= 0x477FF000u) return sign | 0x7C00u;  // rounds past 65504
   if (abs_bits < 0x38800000u) {
     // Subnormal or zero in f16: round |f| * 2^24 to an integer, ties to even.
@@ -125,8 +125,8 @@ inline void LoadRowAsF32(const void* base, DType dtype, int64_t offset,
 
 // Stores n f32 values as elements [offset, offset + n) of a buffer of
 // `dtype`, rounding each once.
-inline void StoreRowFromF32(const float* in, int64_t n, void* base,
-                            DType dtype, int64_t offset) {
+inline void StoreRowFromF32(const float* in, int64_t n, void* base, DType dtype,
+                            int64_t offset) {
   switch (dtype) {
     case DType::kBF16: {
       uint16_t* out = static_cast<uint16_t*>(base) + offset;

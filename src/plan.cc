@@ -11,11 +11,12 @@ void AttendedRange(const Problem& problem, int64_t b, int64_t* begin,
   const int64_t position = hi - 1;  // the query's own position
   // Sides are clamped to seq_len first, so huge sides cannot overflow.
   if (problem.window_left >= 0) {
-    lo = std::max(lo, position - std::min(problem.window_left, problem.seq_len));
+    lo =
+        std::max(lo, position - std::min(problem.window_left, problem.seq_len));
   }
   if (problem.window_right >= 0) {
-    hi = std::min(hi,
-                  position + std::min(problem.window_right, problem.seq_len) + 1);
+    hi = std::min(
+        hi, position + std::min(problem.window_right, problem.seq_len) + 1);
   }
   if (hi <= lo) lo = hi = problem.Start(b);
   *begin = lo;
@@ -26,15 +27,16 @@ Plan MakePlan(const Problem& problem) {
   Plan plan;
   plan.block_size = problem.block_size;
   // A whole number of tiles, so that no tile straddles two chunks.
-  plan.chunk_tokens =
-      problem.block_size * std::max<int64_t>(1, kChunkTokens / problem.block_size);
+  plan.chunk_tokens = problem.block_size *
+                      std::max<int64_t>(1, kChunkTokens / problem.block_size);
   plan.rows.resize(problem.batch);
   for (int64_t b = 0; b < problem.batch; ++b) {
     RowPlan& row = plan.rows[b];
     AttendedRange(problem, b, &row.begin, &row.end);
     row.first_chunk = static_cast<int64_t>(plan.chunks.size());
     for (int64_t begin = row.begin; begin < row.end;) {
-      const int64_t boundary = (begin / plan.chunk_tokens + 1) * plan.chunk_tokens;
+      const int64_t boundary =
+          (begin / plan.chunk_tokens + 1) * plan.chunk_tokens;
       const int64_t end = std::min(row.end, boundary);
       plan.chunks.push_back(Chunk{b, begin, end});
       begin = end;

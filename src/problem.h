@@ -65,11 +65,11 @@ struct Problem {
   int64_t sinks_stride_row = 0;
 
   float softmax_scale = 1.0f;
-  float soft_cap = 0.0f;       // 0: no cap
-  int64_t window_left = -1;    // -1: unbounded
-  int64_t window_right = -1;   // -1: unbounded
-  int64_t block_size = 0;      // tokens per tile, >= 1 after validation
-  int num_threads = 1;         // >= 1 after validation
+  float soft_cap = 0.0f;      // 0: no cap
+  int64_t window_left = -1;   // -1: unbounded
+  int64_t window_right = -1;  // -1: unbounded
+  int64_t block_size = 0;     // tokens per tile, >= 1 after validation
+  int num_threads = 1;        // >= 1 after validation
 
   int64_t Start(int64_t b) const {
     return sequence_start[b * sequence_start_stride];

@@ -31,8 +31,8 @@ void ragged_decode_attention(const TensorView& query, const TensorView& key,
                              const TensorView* softmax_aux,
                              const TensorView* maybe_lse) {
   const Problem problem =
-      Validate(query, key, value, sequence_start, sequence_end, output,
-               options, softmax_aux, maybe_lse);
+      Validate(query, key, value, sequence_start, sequence_end, output, options,
+               softmax_aux, maybe_lse);
   try {
     const Plan plan = MakePlan(problem);
     const size_t num_states =

@@ -41,8 +41,9 @@ TensorView TensorView::Contiguous(const void* data, DType dtype,
     // Only outer dimensions use the product, so the outermost never needs it.
     if (d > 0 && __builtin_mul_overflow(
                      stride, view.shape[d] > 0 ? view.shape[d] : 1, &stride)) {
-      throw InvalidArgument("TensorView: the element count of the shape "
-                            "exceeds 2^63");
+      throw InvalidArgument(
+          "TensorView: the element count of the shape "
+          "exceeds 2^63");
     }
   }
   return view;

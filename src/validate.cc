@@ -58,8 +58,8 @@ void CheckView(const TensorView& view, const char* name, int min_rank,
   unsigned __int128 max_offset = 0;
   for (int i = 0; i < view.rank; ++i) {
     if (view.shape[i] < 0) {
-      Fail(std::string(name) + ": shape[" + std::to_string(i) + "] = " +
-           std::to_string(view.shape[i]) + " must be >= 0");
+      Fail(std::string(name) + ": shape[" + std::to_string(i) +
+           "] = " + std::to_string(view.shape[i]) + " must be >= 0");
     }
     if (view.strides[i] < 0) {
       Fail(std::string(name) + ": strides[" + std::to_string(i) +
@@ -106,17 +106,17 @@ void CheckDType(const TensorView& view, const char* name, DType expected,
 void CheckExtent(const TensorView& view, const char* name, int dim,
                  const char* meaning, int64_t expected, const char* source) {
   if (view.shape[dim] != expected) {
-    Fail(std::string(name) + ": shape[" + std::to_string(dim) + "] = " +
-         std::to_string(view.shape[dim]) + " (" + meaning + ") differs from " +
-         source + " = " + std::to_string(expected));
+    Fail(std::string(name) + ": shape[" + std::to_string(dim) +
+         "] = " + std::to_string(view.shape[dim]) + " (" + meaning +
+         ") differs from " + source + " = " + std::to_string(expected));
   }
 }
 
 void CheckPositive(int64_t extent, const char* name, int dim,
                    const char* meaning) {
   if (extent < 1) {
-    Fail(std::string(name) + ": shape[" + std::to_string(dim) + "] = " +
-         std::to_string(extent) + " (" + meaning + ") must be >= 1");
+    Fail(std::string(name) + ": shape[" + std::to_string(dim) +
+         "] = " + std::to_string(extent) + " (" + meaning + ") must be >= 1");
   }
 }
 
@@ -153,8 +153,7 @@ void CheckShapes(const TensorView& query, const TensorView& key,
   CheckExtent(key, "key", 3, "head_dim", head_dim, "query shape[2]");
   CheckExtent(value, "value", 0, "batch", batch, "query shape[0]");
   CheckExtent(value, "value", 1, "seq_len", key.shape[1], "key shape[1]");
-  CheckExtent(value, "value", 2, "num_kv_heads", key.shape[2],
-              "key shape[2]");
+  CheckExtent(value, "value", 2, "num_kv_heads", key.shape[2], "key shape[2]");
   CheckPositive(value.shape[3], "value", 3, "head_dim_v");
   const int64_t num_kv_heads = key.shape[2];
   if (num_qo_heads % num_kv_heads != 0) {
@@ -228,8 +227,7 @@ void CheckSequences(const Problem& problem) {
     if (start >= 0 && end <= problem.seq_len && start <= end) continue;
     const std::string index = "[" + std::to_string(b) + "] = ";
     if (start < 0) {
-      Fail("sequence_start" + index + std::to_string(start) +
-           " is negative");
+      Fail("sequence_start" + index + std::to_string(start) + " is negative");
     }
     if (end > problem.seq_len) {
       Fail("sequence_end" + index + std::to_string(end) + " exceeds seq_len " +
@@ -250,10 +248,10 @@ void CheckSinks(const TensorView& aux) {
     for (int64_t n = 0; n < num_sinks; ++n) {
       const float sink = LoadAsF32(aux.data, aux.dtype, r * row_stride + n);
       if (std::isnan(sink) || sink == std::numeric_limits<float>::infinity()) {
-        const std::string index = aux.rank == 2
-                                      ? "[" + std::to_string(r) + ", " +
-                                            std::to_string(n) + "]"
-                                      : "[" + std::to_string(n) + "]";
+        const std::string index =
+            aux.rank == 2
+                ? "[" + std::to_string(r) + ", " + std::to_string(n) + "]"
+                : "[" + std::to_string(n) + "]";
         Fail("softmax_aux" + index + " = " + FormatDouble(sink) +
              ": a sink logit must not be NaN or +inf");
       }
@@ -316,7 +314,7 @@ Problem Validate(const TensorView& query, const TensorView& key,
     } else {
       // With MHA both layouts coincide; per-query-head reads the same rows.
       p.sink_layout = aux.shape[0] == p.num_qo_heads ? SinkLayout::kPerQoHead
-                                                      : SinkLayout::kPerKvHead;
+                                                     : SinkLayout::kPerKvHead;
       p.sinks_stride_row = aux.strides[0];
     }
   }

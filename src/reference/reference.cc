@@ -120,7 +120,8 @@ Result Compute(const TensorView& query, const TensorView& key,
     for (int64_t j : attended) {
       for (int64_t k = 0; k < kv_heads; ++k) {
         for (int64_t d = 0; d < dim_v; ++d) {
-          value_scale = std::max(value_scale, std::abs(At(value, {b, j, k, d})));
+          value_scale =
+              std::max(value_scale, std::abs(At(value, {b, j, k, d})));
         }
       }
     }
