@@ -1,6 +1,6 @@
 // Per-target decode kernel: one work item = one chunk of one row, every
-// query head. Compiled once per SIMD target through
-// decode_kernel.cc.
+// query head. Compiled once per SIMD target and KV dtype through the files
+// CMake generates from decode_kernel_dtype.cc.in.
 
 // Per-target include guard, as Highway requires.
 #if defined(RAGGEDATTN_SRC_DECODE_KERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -16,7 +16,6 @@
 #include <limits>
 #include <memory>
 
-#include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "src/decode_kernel.h"
@@ -84,26 +83,6 @@ inline Scratch CarveScratch(const Problem& problem, int64_t max_tile,
   return s;
 }
 
-// How far ahead of the row being computed the kernel requests rows. Between
-// two tokens the core does hundreds of instructions of arithmetic, so the
-// out-of-order window alone keeps too few lines in flight; requesting lines
-// this many bytes ahead covers the memory latency at full bandwidth.
-inline constexpr int64_t kPrefetchBytes = 8192;
-
-// Returns how many tokens ahead to prefetch rows of `row_bytes` bytes.
-HWY_INLINE int64_t PrefetchTokens(int64_t row_bytes) {
-  return (kPrefetchBytes + row_bytes - 1) / row_bytes;
-}
-
-// Requests the cache lines of [row, row + bytes). Prefetches never fault, so
-// requesting rows past the attended range is harmless.
-HWY_INLINE void PrefetchRow(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t offset = 0; offset < bytes; offset += 64) {
-    hwy::Prefetch(p + offset);
-  }
-}
-
 #if HWY_TARGET != HWY_SCALAR
 // Returns the sum of the 128-bit blocks of v, halving the vector each step.
 template <class D>
@@ -145,8 +124,9 @@ HWY_INLINE void SumLanes4(VF a, VF b, VF c, VF d, float* sums) {
 #endif
 }
 
-// As PrefetchRow, into L2 only: these lines are used after a whole tile of
-// other rows has passed through L1.
+// Requests the cache lines of [row, row + bytes) into L2 only: they are used
+// after a whole tile of other rows has passed through L1. Prefetches never
+// fault, so requesting rows past the attended range is harmless.
 HWY_INLINE void PrefetchRowToL2(const void* row, int64_t bytes) {
   const char* p = static_cast<const char*>(row);
   for (int64_t offset = 0; offset < bytes; offset += 64) {
@@ -292,10 +272,6 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
   const int64_t groups = problem.group_size;
   const int64_t stride = problem.key_stride_n;
   const int64_t cap = s.tile_capacity;
-  const int64_t row_bytes =
-      static_cast<int64_t>(sizeof(T)) *
-      ((problem.num_kv_heads - 1) * problem.key_stride_h + dim);
-  const int64_t ahead = PrefetchTokens(row_bytes) * stride;
   const int64_t value_stride = problem.value_stride_n;
   const int64_t value_bytes =
       static_cast<int64_t>(sizeof(T)) *
@@ -305,11 +281,8 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
   if (groups < 4) {
     for (; j + 4 <= n; j += 4) {
       const T* row = key_tile + j * stride;
-      for (int64_t t = 0; t < 4; ++t) {
-        PrefetchRow(row + t * stride + ahead, row_bytes);
-        if (value_tile != nullptr) {
-          PrefetchRowToL2(value_tile + (j + t) * value_stride, value_bytes);
-        }
+      for (int64_t t = 0; value_tile != nullptr && t < 4; ++t) {
+        PrefetchRowToL2(value_tile + (j + t) * value_stride, value_bytes);
       }
       for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
         const T* key = row + kv * problem.key_stride_h;
@@ -328,7 +301,6 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
   }
   for (; j < n; ++j) {
     const T* row = key_tile + j * stride;
-    PrefetchRow(row + ahead, row_bytes);
     if (value_tile != nullptr) {
       PrefetchRowToL2(value_tile + j * value_stride, value_bytes);
     }
