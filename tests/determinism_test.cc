@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -138,6 +139,38 @@ TEST(Determinism, BatchInvariance) {
         });
       }
     }
+  }
+}
+
+// Several caller threads at once, each with its own inputs and two worker
+// threads per call, get bitwise the results of serial calls.
+TEST(Determinism, ConcurrentCallersGetTheirOwnResults) {
+  constexpr int kCallers = 4;
+  std::vector<Case> cases;
+  std::vector<Inputs> inputs;
+  std::vector<Outputs> serial;
+  for (int i = 0; i < kCallers; ++i) {
+    cases.push_back(ThreadingCase(20 + i).Threads(2));
+    inputs.push_back(MakeInputs(cases.back()));
+    serial.push_back(RunLibrary(cases.back(), inputs.back()));
+  }
+  std::vector<int> mismatches(kCallers, 0);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCallers; ++i) {
+    callers.emplace_back([&, i] {
+      for (int repeat = 0; repeat < 5; ++repeat) {
+        const Outputs got = RunLibrary(cases[i], inputs[i]);
+        if (!got.output.SameBytes(serial[i].output) ||
+            !got.lse.SameBytes(serial[i].lse)) {
+          ++mismatches[i];
+        }
+      }
+    });
+  }
+  for (std::thread& caller : callers) caller.join();
+  for (int i = 0; i < kCallers; ++i) {
+    EXPECT_EQ(mismatches[i], 0)
+        << "caller " << i << "; " << cases[i].Describe();
   }
 }
 
