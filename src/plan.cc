@@ -4,23 +4,21 @@
 
 namespace raggedattn {
 
-void AttendedRange(const Problem& problem, int64_t b, int64_t* begin,
-                   int64_t* end) {
-  int64_t lo = problem.Start(b);
-  int64_t hi = problem.End(b);
-  const int64_t position = hi - 1;  // the query's own position
-  // Sides are clamped to seq_len first, so huge sides cannot overflow.
-  if (problem.window_left >= 0) {
-    lo =
-        std::max(lo, position - std::min(problem.window_left, problem.seq_len));
+void AttendedRange(int64_t start, int64_t end, int64_t seq_len,
+                   int64_t window_left, int64_t window_right, int64_t* begin,
+                   int64_t* end_out) {
+  int64_t lo = start;
+  int64_t hi = end;
+  const int64_t position = end - 1;  // the query's own position
+  if (window_left >= 0) {
+    lo = std::max(lo, position - std::min(window_left, seq_len));
   }
-  if (problem.window_right >= 0) {
-    hi = std::min(
-        hi, position + std::min(problem.window_right, problem.seq_len) + 1);
+  if (window_right >= 0) {
+    hi = std::min(hi, position + std::min(window_right, seq_len) + 1);
   }
-  if (hi <= lo) lo = hi = problem.Start(b);
+  if (hi <= lo) lo = hi = start;
   *begin = lo;
-  *end = hi;
+  *end_out = hi;
 }
 
 Plan MakePlan(const Problem& problem) {
@@ -32,7 +30,9 @@ Plan MakePlan(const Problem& problem) {
   plan.rows.resize(problem.batch);
   for (int64_t b = 0; b < problem.batch; ++b) {
     RowPlan& row = plan.rows[b];
-    AttendedRange(problem, b, &row.begin, &row.end);
+    AttendedRange(problem.Start(b), problem.End(b), problem.seq_len,
+                  problem.window_left, problem.window_right, &row.begin,
+                  &row.end);
     row.first_chunk = static_cast<int64_t>(plan.chunks.size());
     for (int64_t begin = row.begin; begin < row.end;) {
       const int64_t boundary =

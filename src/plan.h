@@ -51,10 +51,13 @@ struct Plan {
   int64_t NumWorkItems() const { return static_cast<int64_t>(chunks.size()); }
 };
 
-// Returns the attended key range [begin, end) of row b (sequence bounds
-// intersected with the sliding window), empty when nothing is attended.
-void AttendedRange(const Problem& problem, int64_t b, int64_t* begin,
-                   int64_t* end);
+// Returns in [*begin, *end) the key positions attended by a query at
+// position end - 1 of a row holding [start, end): that range cut by the
+// window (a side of -1 is unbounded). When nothing is attended, *begin ==
+// *end == start. Sides are clamped to seq_len first, so no side overflows.
+void AttendedRange(int64_t start, int64_t end, int64_t seq_len,
+                   int64_t window_left, int64_t window_right, int64_t* begin,
+                   int64_t* end_out);
 
 // Builds the plan of a validated problem.
 Plan MakePlan(const Problem& problem);

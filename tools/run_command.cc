@@ -17,6 +17,7 @@
 
 #include "CLI/CLI.hpp"
 #include "raggedattn/raggedattn.h"
+#include "src/plan.h"
 #include "tools/commands.h"
 #include "tools/safetensors.h"
 
@@ -126,20 +127,15 @@ uint64_t KvBytesPerCall(const TensorView& key, const TensorView& value,
                         const Options& options) {
   const auto* starts = static_cast<const int32_t*>(sequence_start.data);
   const auto* ends = static_cast<const int32_t*>(sequence_end.data);
+  const int64_t left =
+      options.sliding_window ? options.sliding_window->left : -1;
+  const int64_t right =
+      options.sliding_window ? options.sliding_window->right : -1;
   uint64_t tokens = 0;
   for (int64_t b = 0; b < key.shape[0]; ++b) {
-    int64_t begin = starts[b];
-    int64_t end = ends[b];
-    const int64_t position = end - 1;
-    if (options.sliding_window) {
-      if (options.sliding_window->left >= 0) {
-        begin = std::max(begin, position - options.sliding_window->left);
-      }
-      if (options.sliding_window->right >= 0) {
-        end = std::min(end, position + options.sliding_window->right + 1);
-      }
-    }
-    if (end > begin) tokens += static_cast<uint64_t>(end - begin);
+    int64_t begin, end;
+    AttendedRange(starts[b], ends[b], key.shape[1], left, right, &begin, &end);
+    tokens += static_cast<uint64_t>(end - begin);
   }
   return tokens * static_cast<uint64_t>(key.shape[2]) *
          static_cast<uint64_t>(key.shape[3] + value.shape[3]) *
