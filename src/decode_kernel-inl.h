@@ -137,13 +137,13 @@ HWY_INLINE void PrefetchRowToL2(const void* row, int64_t bytes) {
 // Requests the cache lines of a run of rows into L2 a few at a time, so the
 // requests spread evenly over a stretch of arithmetic instead of arriving in
 // one burst that would stall on the core's few line-fill buffers.
-class RowPrefetcher {
+class RowStream {
  public:
-  RowPrefetcher() = default;
+  RowStream() = default;
   // rows rows of row_bytes bytes, stride_bytes apart, over about `steps`
   // calls of Step().
-  RowPrefetcher(const void* first_row, int64_t stride_bytes, int64_t row_bytes,
-                int64_t rows, int64_t steps)
+  RowStream(const void* first_row, int64_t stride_bytes, int64_t row_bytes,
+            int64_t rows, int64_t steps)
       : row_(static_cast<const char*>(first_row)),
         stride_(stride_bytes),
         row_bytes_(row_bytes),
@@ -175,6 +175,20 @@ class RowPrefetcher {
   int64_t rows_left_ = 0;
   int64_t offset_ = 0;
   int64_t lines_per_step_ = 0;
+};
+
+// The next tile's key and value rows, requested together.
+struct RowPrefetcher {
+  RowStream keys;
+  RowStream values;
+  HWY_INLINE void Step() {
+    keys.Step();
+    values.Step();
+  }
+  void Finish() {
+    keys.Finish();
+    values.Finish();
+  }
 };
 
 // Writes dot(q[i], k[i]) for i < 4 over dim elements to sums[0..3]. Callers
@@ -267,7 +281,8 @@ HWY_INLINE void GroupLogits(const T* key, const float* query,
 // memory busy while the value pass computes.
 template <int64_t kDim, typename T>
 HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
-                           const T* value_tile, int64_t n, const Scratch& s) {
+                           const T* value_tile, int64_t n, const Scratch& s,
+                           RowPrefetcher& prefetcher) {
   const int64_t dim = kDim != 0 ? kDim : problem.head_dim;
   const int64_t groups = problem.group_size;
   const int64_t stride = problem.key_stride_n;
@@ -285,6 +300,7 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
         PrefetchRowToL2(value_tile + (j + t) * value_stride, value_bytes);
       }
       for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
+        prefetcher.Step();
         const T* key = row + kv * problem.key_stride_h;
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t head = kv * groups + g;
@@ -305,6 +321,7 @@ HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
       PrefetchRowToL2(value_tile + j * value_stride, value_bytes);
     }
     for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
+      prefetcher.Step();
       GroupLogits<kDim>(
           row + kv * problem.key_stride_h, s.query + kv * groups * dim, dim,
           groups, problem.softmax_scale, s.logits + kv * groups * cap + j, cap);
@@ -493,11 +510,38 @@ HWY_INLINE void TileValues(const Problem& problem, const T* value_tile,
   }
 }
 
+// The key and value rows of one tile: `rows` rows from `key` and `value`.
+template <typename T>
+struct TileRows {
+  const T* key = nullptr;
+  const T* value = nullptr;
+  int64_t rows = 0;
+};
+
+// Returns the rows of the tile of `chunk` that starts at position `begin`.
+// Tiles are aligned to multiples of block_size in absolute positions.
+template <typename T>
+TileRows<T> TileAt(const Problem& problem, const Plan& plan, const Chunk& chunk,
+                   int64_t begin) {
+  const int64_t boundary = (begin / plan.block_size + 1) * plan.block_size;
+  TileRows<T> tile;
+  tile.key = static_cast<const T*>(problem.key) +
+             chunk.batch * problem.key_stride_b + begin * problem.key_stride_n;
+  tile.value = static_cast<const T*>(problem.value) +
+               chunk.batch * problem.value_stride_b +
+               begin * problem.value_stride_n;
+  tile.rows = (boundary < chunk.end ? boundary : chunk.end) - begin;
+  return tile;
+}
+
 // Computes the partial states of every query head for one chunk. kDim and
-// kDimV are the head dims when known at compile time, else 0.
+// kDimV are the head dims when known at compile time, else 0. `next_item`
+// is the item this thread runs next (-1 if none): its first tile is
+// requested during this item's last.
 template <typename T, int64_t kDim, int64_t kDimV>
 void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
-                 const Scratch& thread_scratch, const PartialStates& states) {
+                 int64_t next_item, const Scratch& thread_scratch,
+                 const PartialStates& states) {
   const int64_t dim_v = kDimV != 0 ? kDimV : problem.head_dim_v;
   Scratch s = thread_scratch;
   s.acc = states.out + item * problem.num_qo_heads * dim_v;
@@ -518,37 +562,46 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
   }
   for (int64_t i = 0; i < heads * dim_v; ++i) s.acc[i] = 0.0f;
 
-  const T* key_base =
-      static_cast<const T*>(problem.key) + b * problem.key_stride_b;
-  const T* value_base =
-      static_cast<const T*>(problem.value) + b * problem.value_stride_b;
+  const int64_t key_row_bytes =
+      static_cast<int64_t>(sizeof(T)) *
+      ((problem.num_kv_heads - 1) * problem.key_stride_h + problem.head_dim);
   const int64_t value_row_bytes =
       static_cast<int64_t>(sizeof(T)) *
       ((problem.num_kv_heads - 1) * problem.value_stride_h + dim_v);
-  // Tiles are aligned to multiples of block_size in absolute positions.
+  // Prefetch steps per token: one per KV head in the logits pass and one per
+  // (KV head, head block, column block) in the value pass.
+  const int64_t steps_per_token =
+      problem.num_kv_heads * (1 + (problem.group_size + 3) / 4 *
+                                      ((dim_v + 4 * lanes - 1) / (4 * lanes)));
   for (int64_t begin = chunk.begin; begin < chunk.end;) {
-    const int64_t boundary = (begin / plan.block_size + 1) * plan.block_size;
-    const int64_t end = boundary < chunk.end ? boundary : chunk.end;
-    const int64_t n = end - begin;
+    const TileRows<T> tile = TileAt<T>(problem, plan, chunk, begin);
+    const int64_t n = tile.rows;
     const int64_t padded = (n + lanes - 1) / lanes * lanes;
+    const int64_t end = begin + n;
 
-    const T* value_tile = value_base + begin * problem.value_stride_n;
-    TileLogits<kDim>(problem, key_base + begin * problem.key_stride_n,
-                     begin == chunk.begin ? value_tile : nullptr, n, s);
+    // The tile after this one, which memory fetches into L2 while this one
+    // computes, so that the core rarely waits on memory.
+    TileRows<T> following;
+    if (end < chunk.end) {
+      following = TileAt<T>(problem, plan, chunk, end);
+    } else if (next_item >= 0) {
+      const Chunk& next = plan.chunks[next_item];
+      following = TileAt<T>(problem, plan, next, next.begin);
+    }
+    RowPrefetcher prefetcher;
+    prefetcher.keys = RowStream(
+        following.key, problem.key_stride_n * static_cast<int64_t>(sizeof(T)),
+        key_row_bytes, following.rows, n * steps_per_token);
+    prefetcher.values =
+        RowStream(following.value,
+                  problem.value_stride_n * static_cast<int64_t>(sizeof(T)),
+                  value_row_bytes, following.rows, n * steps_per_token);
+
+    TileLogits<kDim>(problem, tile.key,
+                     begin == chunk.begin ? tile.value : nullptr, n, s,
+                     prefetcher);
     for (int64_t h = 0; h < heads; ++h) TileSoftmax(problem, h, n, padded, s);
-
-    // The next tile's value rows, requested during this tile's value pass:
-    // one step per token of every (KV head, head block, column block).
-    const int64_t next_end =
-        end + plan.block_size < chunk.end ? end + plan.block_size : chunk.end;
-    const int64_t head_blocks = (problem.group_size + 3) / 4;
-    const int64_t column_blocks = (dim_v + 4 * lanes - 1) / (4 * lanes);
-    RowPrefetcher prefetcher(
-        value_base + end * problem.value_stride_n,
-        problem.value_stride_n * static_cast<int64_t>(sizeof(T)),
-        value_row_bytes, next_end - end,
-        n * problem.num_kv_heads * head_blocks * column_blocks);
-    TileValues<kDimV>(problem, value_tile, n, s, prefetcher);
+    TileValues<kDimV>(problem, tile.value, n, s, prefetcher);
     prefetcher.Finish();
     begin = end;
   }
@@ -569,11 +622,12 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
   // Uninitialised: every element is written before it is read.
   const std::unique_ptr<float[]> scratch(
       new float[static_cast<size_t>(per_thread * threads)]);
-  ParallelFor(threads, num_items, [&](int64_t item, int thread) {
-    const Scratch s =
-        CarveScratch(problem, max_tile, scratch.get() + thread * per_thread);
-    RunWorkItem<T, kDim, kDimV>(problem, plan, item, s, states);
-  });
+  ParallelForWithNext(
+      threads, num_items, [&](int64_t item, int64_t next, int thread) {
+        const Scratch s = CarveScratch(problem, max_tile,
+                                       scratch.get() + thread * per_thread);
+        RunWorkItem<T, kDim, kDimV>(problem, plan, item, next, s, states);
+      });
 }
 
 // Head dims of real models get compile-time loop bounds; others share one

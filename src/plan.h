@@ -21,7 +21,7 @@ namespace raggedattn {
 
 // Tokens per tile when the caller does not choose: a tile's logits for a
 // group of 8 heads stay within 4 KiB, well inside L1.
-inline constexpr int64_t kDefaultBlockSize = 128;
+inline constexpr int64_t kDefaultBlockSize = 32;
 
 // Target tokens per chunk. Large enough that the per-chunk merge is noise
 // next to reading the chunk's KV rows, small enough that one long row still

@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 
 namespace raggedattn {
 
@@ -31,6 +32,36 @@ void ParallelFor(int num_threads, int64_t num_items,
     const int thread = omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < num_items; ++item) body(item, thread);
+  }
+}
+
+void ParallelForWithNext(
+    int num_threads, int64_t num_items,
+    const std::function<void(int64_t, int64_t, int)>& body) {
+  const int threads =
+      static_cast<int>(std::min<int64_t>(num_threads, num_items));
+  if (threads <= 1) {
+    for (int64_t item = 0; item < num_items; ++item) {
+      body(item, item + 1 < num_items ? item + 1 : -1, 0);
+    }
+    return;
+  }
+  // A shared counter hands out items in order, like schedule(dynamic, 1),
+  // one claim ahead of the item running.
+  std::atomic<int64_t> next_free{0};
+  const auto claim = [&]() -> int64_t {
+    const int64_t item = next_free.fetch_add(1, std::memory_order_relaxed);
+    return item < num_items ? item : -1;
+  };
+#pragma omp parallel num_threads(threads)
+  {
+    const int thread = omp_get_thread_num();
+    int64_t item = claim();
+    while (item >= 0) {
+      const int64_t next = claim();
+      body(item, next, thread);
+      item = next;
+    }
   }
 }
 

@@ -17,6 +17,14 @@ int DefaultThreadCount();
 void ParallelFor(int num_threads, int64_t num_items,
                  const std::function<void(int64_t, int)>& body);
 
+// As ParallelFor, but each thread claims its next item before it runs the
+// current one and passes it as body(item, next, thread), next == -1 when
+// there is none, so the body can prefetch the next item's memory while it
+// finishes this one. Items are claimed in increasing order.
+void ParallelForWithNext(
+    int num_threads, int64_t num_items,
+    const std::function<void(int64_t, int64_t, int)>& body);
+
 }  // namespace raggedattn
 
 #endif  // RAGGEDATTN_SRC_THREADING_H_
