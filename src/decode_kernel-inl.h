@@ -1,6 +1,19 @@
 // Per-target decode kernel: one work item = one chunk of one row, every
 // query head. Compiled once per SIMD target and KV dtype through the files
 // CMake generates from decode_kernel_dtype.cc.in.
+//
+// Layout of the work, per tile of block_size tokens:
+//   1. logits: the query heads of a KV head are cut into head blocks of kH
+//      heads; kT = lanes / kH tokens go with them, so one block computes
+//      kH * kT dot products at once and one shuffle tree reduces all of them
+//      into a single vector (lane t * kH + h: token t, head h);
+//   2. softmax on those vectors as they are, per head via their lane;
+//   3. values: per KV head, a few heads times a few column vectors kept in
+//      registers while the tile's value rows stream past.
+// bf16 and f16 rows widen in registers two vectors at a time; for bf16 the
+// two vectors hold the even and the odd elements (a shift and a mask, no
+// shuffle), so the query and the accumulators use that order too and are
+// put back in natural order once per work item.
 
 // Per-target include guard, as Highway requires.
 #if defined(RAGGEDATTN_SRC_DECODE_KERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -15,7 +28,10 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <new>
+#include <vector>
 
+#include "hwy/aligned_allocator.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "src/decode_kernel.h"
@@ -30,113 +46,160 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
 
-// Loads Lanes(df) elements of a KV row as f32; 16-bit formats widen in
-// registers.
-HWY_INLINE VF LoadF32(DF df, const float* p) { return hn::LoadU(df, p); }
-HWY_INLINE VF LoadF32(DF df, const hwy::bfloat16_t* p) {
-  const hn::Rebind<hwy::bfloat16_t, DF> dbf;
-  return hn::PromoteTo(df, hn::LoadU(dbf, p));
-}
-HWY_INLINE VF LoadF32(DF df, const hwy::float16_t* p) {
-  const hn::Rebind<hwy::float16_t, DF> dh;
-  return hn::PromoteTo(df, hn::LoadU(dh, p));
-}
+// Every x86 target has a fixed vector length, so lane counts are constants.
+static_assert(!HWY_HAVE_SCALABLE, "the kernel assumes fixed-width vectors");
+inline constexpr int kLanes = static_cast<int>(hn::MaxLanes(DF()));
+// Elements one LoadPair widens: two vectors.
+inline constexpr int kPair = 2 * kLanes;
 
-// Scalar element loads for row tails shorter than a vector.
-HWY_INLINE float ScalarF32(const float* p) { return *p; }
-HWY_INLINE float ScalarF32(const hwy::bfloat16_t* p) {
-  return F32FromBF16Bits(*reinterpret_cast<const uint16_t*>(p));
-}
-HWY_INLINE float ScalarF32(const hwy::float16_t* p) {
-  return F32FromF16Bits(*reinterpret_cast<const uint16_t*>(p));
-}
+// Vector registers of the target, which bound the register blocking below.
+#if HWY_TARGET <= HWY_AVX3
+inline constexpr int kVectorRegisters = 32;
+#else
+inline constexpr int kVectorRegisters = 16;
+#endif
 
-// Working memory of one work item: per-thread scratch for the widened query
-// and the tile's logits, and the item's own partial states, which the kernel
-// accumulates into directly.
-struct Scratch {
-  float* query;   // [num_qo_heads, head_dim] f32, pre-widened
-  float* logits;  // [num_qo_heads, tile_capacity], becomes probabilities
-  float* acc;     // [num_qo_heads, head_dim_v] unnormalised output
-  float* max;     // [num_qo_heads]
-  float* sum;     // [num_qo_heads]
-  int64_t tile_capacity;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// ---------------------------------------------------------------------------
+// Widening KV rows.
+
+// Widens KV elements to f32. Pair(p, a, b) reads kPair elements; Element
+// names which of them lands in lane `lane` of vector `half`; One(p) reads
+// kLanes elements in natural order; Scalar(p) one element.
+template <typename T>
+struct Widen;
+
+template <>
+struct Widen<float> {
+  static HWY_INLINE void Pair(const float* p, VF& a, VF& b) {
+    const DF df;
+    a = hn::LoadU(df, p);
+    b = hn::LoadU(df, p + kLanes);
+  }
+  static constexpr int Element(int half, int lane) {
+    return half * kLanes + lane;
+  }
+  static HWY_INLINE VF One(const float* p) { return hn::LoadU(DF(), p); }
+  static HWY_INLINE float Scalar(const float* p) { return *p; }
 };
 
-// Returns the floats of scratch one thread needs for tiles of up to
-// max_tile tokens.
-inline int64_t ScratchFloats(const Problem& problem, int64_t max_tile) {
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(DF()));
-  const int64_t capacity = (max_tile + lanes - 1) / lanes * lanes;
-  return problem.num_qo_heads * (problem.head_dim + capacity);
-}
-
-inline Scratch CarveScratch(const Problem& problem, int64_t max_tile,
-                            float* base) {
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(DF()));
-  const int64_t g = problem.num_qo_heads;
-  Scratch s;
-  s.tile_capacity = (max_tile + lanes - 1) / lanes * lanes;
-  s.query = base;
-  s.logits = s.query + g * problem.head_dim;
-  s.acc = s.max = s.sum = nullptr;  // set per work item
-  return s;
-}
-
-#if HWY_TARGET != HWY_SCALAR
-// Returns the sum of the 128-bit blocks of v, halving the vector each step.
-template <class D>
-HWY_INLINE hn::Vec<hn::Full128<float>> SumBlocks(D d, hn::Vec<D> v) {
-  if constexpr (hn::MaxLanes(D()) <= 4) {
-    return v;
-  } else {
-    const hn::Half<D> dh;
-    return SumBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
+template <>
+struct Widen<hwy::float16_t> {
+  static HWY_INLINE void Pair(const hwy::float16_t* p, VF& a, VF& b) {
+    a = One(p);
+    b = One(p + kLanes);
   }
-}
-#endif
+  static constexpr int Element(int half, int lane) {
+    return half * kLanes + lane;
+  }
+  static HWY_INLINE VF One(const hwy::float16_t* p) {
+    const DF df;
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    return hn::PromoteTo(df, hn::LoadU(dh, p));
+  }
+  static HWY_INLINE float Scalar(const hwy::float16_t* p) {
+    return F32FromF16Bits(*reinterpret_cast<const uint16_t*>(p));
+  }
+};
 
-// Writes the lane sums of a, b, c and d to sums[0..3]. Interleaving pairs
-// of vectors before adding reduces four vectors with a handful of shuffles
-// instead of four full horizontal reductions.
-HWY_INLINE void SumLanes4(VF a, VF b, VF c, VF d, float* sums) {
+template <>
+struct Widen<hwy::bfloat16_t> {
+  // A bf16 is the upper half of an f32: viewed as u32 lanes, shifting left
+  // by 16 widens the even elements and masking the low half the odd ones.
+  static HWY_INLINE void Pair(const hwy::bfloat16_t* p, VF& a, VF& b) {
 #if HWY_TARGET == HWY_SCALAR
-  sums[0] = hn::GetLane(a);
-  sums[1] = hn::GetLane(b);
-  sums[2] = hn::GetLane(c);
-  sums[3] = hn::GetLane(d);
+    a = hn::Set(DF(), Scalar(p));
+    b = hn::Set(DF(), Scalar(p + 1));
+#else
+    const DF df;
+    const hn::RebindToUnsigned<DF> du32;
+    const hn::Repartition<uint16_t, DF> du16;
+    const auto bits = hn::BitCast(
+        du32, hn::LoadU(du16, reinterpret_cast<const uint16_t*>(p)));
+    a = hn::BitCast(df, hn::ShiftLeft<16>(bits));
+    b = hn::BitCast(df, hn::And(bits, hn::Set(du32, 0xFFFF0000u)));
+#endif
+  }
+  static constexpr int Element(int half, int lane) { return 2 * lane + half; }
+  static HWY_INLINE VF One(const hwy::bfloat16_t* p) {
+    const DF df;
+    const hn::Rebind<hwy::bfloat16_t, DF> dbf;
+    return hn::PromoteTo(df, hn::LoadU(dbf, p));
+  }
+  static HWY_INLINE float Scalar(const hwy::bfloat16_t* p) {
+    return F32FromBF16Bits(*reinterpret_cast<const uint16_t*>(p));
+  }
+};
+
+// Returns where element d of a row of `dim` elements sits in kernel order:
+// within each whole pair block, the order LoadPair produces; after the last
+// pair block, natural order.
+template <typename T>
+int64_t KernelPosition(int64_t d, int64_t dim) {
+  const int64_t pair_end = dim / kPair * kPair;
+  if (d >= pair_end) return d;
+  const int64_t block = d / kPair * kPair;
+  const int e = static_cast<int>(d - block);
+  for (int half = 0; half < 2; ++half) {
+    for (int lane = 0; lane < kLanes; ++lane) {
+      if (Widen<T>::Element(half, lane) == e) {
+        return block + half * kLanes + lane;
+      }
+    }
+  }
+  return d;  // not reached: Element is a permutation
+}
+
+// ---------------------------------------------------------------------------
+// Reductions.
+
+// Returns the vector whose lane i is the sum of the lanes of v[i], for i <
+// kLanes; overwrites v. Each level adds pairs of vectors after moving half
+// of each into the other's place (one blend, one shuffle), so kLanes sums
+// cost about three instructions each instead of a full reduction apiece.
+// Pairing v[j] with v[j + half] at every level leaves the sums in order.
+HWY_INLINE VF SumEachVector(VF* v) {
+#if HWY_TARGET == HWY_SCALAR
+  return v[0];
 #else
   const DF df;
-  // Per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3] and likewise c, d.
-  const VF ab =
-      hn::Add(hn::InterleaveLower(df, a, b), hn::InterleaveUpper(df, a, b));
-  const VF cd =
-      hn::Add(hn::InterleaveLower(df, c, d), hn::InterleaveUpper(df, c, d));
-  // Per block: [sum a, sum b, sum c, sum d].
+  if constexpr (kLanes == 16) {
+    for (int j = 0; j < 8; ++j) {
+      v[j] = hn::Add(hn::ConcatUpperLower(df, v[j + 8], v[j]),
+                     hn::ConcatLowerUpper(df, v[j + 8], v[j]));
+    }
+    for (int j = 0; j < 4; ++j) {
+      v[j] = hn::Add(hn::OddEvenBlocks(v[j + 4], v[j]),
+                     hn::SwapAdjacentBlocks(hn::OddEvenBlocks(v[j], v[j + 4])));
+    }
+  } else if constexpr (kLanes == 8) {
+    for (int j = 0; j < 4; ++j) {
+      v[j] = hn::Add(hn::ConcatUpperLower(df, v[j + 4], v[j]),
+                     hn::ConcatLowerUpper(df, v[j + 4], v[j]));
+    }
+  }
+  static_assert(kLanes == 4 || kLanes == 8 || kLanes == 16, "lanes");
   const hn::Repartition<uint64_t, DF> du64;
-  const VF block_sums =
-      hn::Add(hn::BitCast(df, hn::InterleaveLower(du64, hn::BitCast(du64, ab),
-                                                  hn::BitCast(du64, cd))),
-              hn::BitCast(df, hn::InterleaveUpper(du64, hn::BitCast(du64, ab),
-                                                  hn::BitCast(du64, cd))));
-  const hn::Vec<hn::Full128<float>> sums128 = SumBlocks(df, block_sums);
-  hn::StoreU(sums128, hn::Full128<float>(), sums);
+  for (int j = 0; j < 2; ++j) {
+    const auto e = hn::BitCast(du64, v[j]);
+    const auto f = hn::BitCast(du64, v[j + 2]);
+    v[j] = hn::Add(hn::BitCast(df, hn::OddEven(f, e)),
+                   hn::BitCast(df, hn::Shuffle01(hn::OddEven(e, f))));
+  }
+  return hn::Add(hn::OddEven(v[1], v[0]),
+                 hn::Shuffle2301(hn::OddEven(v[0], v[1])));
 #endif
 }
 
-// Requests the cache lines of [row, row + bytes) into L2 only: they are used
-// after a whole tile of other rows has passed through L1. Prefetches never
-// fault, so requesting rows past the attended range is harmless.
-HWY_INLINE void PrefetchRowToL2(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t offset = 0; offset < bytes; offset += 64) {
-    __builtin_prefetch(p + offset, /*rw=*/0, /*locality=*/2);
-  }
-}
+// ---------------------------------------------------------------------------
+// Prefetching.
 
 // Requests the cache lines of a run of rows into L2 a few at a time, so the
 // requests spread evenly over a stretch of arithmetic instead of arriving in
 // one burst that would stall on the core's few line-fill buffers.
+// Prefetches never fault, so requesting rows past the attended range is
+// harmless; they are never read.
 class RowStream {
  public:
   RowStream() = default;
@@ -191,324 +254,302 @@ struct RowPrefetcher {
   }
 };
 
-// Writes dot(q[i], k[i]) for i < 4 over dim elements to sums[0..3]. Callers
-// pass one key row four times (four heads) or one query four times (four
-// tokens); after inlining the repeated loads are the same expression and are
-// loaded and widened once.
-template <int64_t kDim, typename T>
-HWY_INLINE void Dots4(const float* q0, const float* q1, const float* q2,
-                      const float* q3, const T* k0, const T* k1, const T* k2,
-                      const T* k3, int64_t runtime_dim, float* sums) {
-  const int64_t dim = kDim != 0 ? kDim : runtime_dim;
-  const DF df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t full = dim / lanes * lanes;
-  // Two accumulator sets: FMA latency is 4 cycles on 2 ports, so four
-  // chains would keep the units only half busy.
-  VF a0 = hn::Zero(df), a1 = hn::Zero(df);
-  VF a2 = hn::Zero(df), a3 = hn::Zero(df);
-  VF b0 = hn::Zero(df), b1 = hn::Zero(df);
-  VF b2 = hn::Zero(df), b3 = hn::Zero(df);
-  int64_t d = 0;
-  for (; d + 2 * lanes <= full; d += 2 * lanes) {
-    const int64_t e = d + lanes;
-    a0 = hn::MulAdd(hn::LoadU(df, q0 + d), LoadF32(df, k0 + d), a0);
-    a1 = hn::MulAdd(hn::LoadU(df, q1 + d), LoadF32(df, k1 + d), a1);
-    a2 = hn::MulAdd(hn::LoadU(df, q2 + d), LoadF32(df, k2 + d), a2);
-    a3 = hn::MulAdd(hn::LoadU(df, q3 + d), LoadF32(df, k3 + d), a3);
-    b0 = hn::MulAdd(hn::LoadU(df, q0 + e), LoadF32(df, k0 + e), b0);
-    b1 = hn::MulAdd(hn::LoadU(df, q1 + e), LoadF32(df, k1 + e), b1);
-    b2 = hn::MulAdd(hn::LoadU(df, q2 + e), LoadF32(df, k2 + e), b2);
-    b3 = hn::MulAdd(hn::LoadU(df, q3 + e), LoadF32(df, k3 + e), b3);
-  }
-  if (d < full) {
-    a0 = hn::MulAdd(hn::LoadU(df, q0 + d), LoadF32(df, k0 + d), a0);
-    a1 = hn::MulAdd(hn::LoadU(df, q1 + d), LoadF32(df, k1 + d), a1);
-    a2 = hn::MulAdd(hn::LoadU(df, q2 + d), LoadF32(df, k2 + d), a2);
-    a3 = hn::MulAdd(hn::LoadU(df, q3 + d), LoadF32(df, k3 + d), a3);
-  }
-  SumLanes4(hn::Add(a0, b0), hn::Add(a1, b1), hn::Add(a2, b2), hn::Add(a3, b3),
-            sums);
-  for (d = full; d < dim; ++d) {
-    sums[0] += q0[d] * ScalarF32(k0 + d);
-    sums[1] += q1[d] * ScalarF32(k1 + d);
-    sums[2] += q2[d] * ScalarF32(k2 + d);
-    sums[3] += q3[d] * ScalarF32(k3 + d);
-  }
-}
+// ---------------------------------------------------------------------------
+// Logits.
 
-// Dot products of one key row segment with a group of query heads:
-// out[g * out_stride] = scale * dot(query + g * dim, key), g < groups, four
-// heads at a time.
-template <int64_t kDim, typename T>
-HWY_INLINE void GroupLogits(const T* key, const float* query,
-                            int64_t runtime_dim, int64_t groups, float scale,
-                            float* out, int64_t out_stride) {
+// Returns the vector whose lane t * kH + h is dot(query head h, key row t)
+// for h < kH, t < kT (other lanes 0). `query` holds kH rows of `dim` f32 in
+// kernel order; rows[t] points at token t's key row of this KV head.
+template <int kH, int kT, int64_t kDim, typename T>
+HWY_INLINE VF BlockDots(const T* const* rows, const float* query,
+                        int64_t runtime_dim) {
+  static_assert(kH * kT <= kLanes, "one lane per dot product");
   const int64_t dim = kDim != 0 ? kDim : runtime_dim;
+  const int64_t pair_end = dim / kPair * kPair;
+  const int64_t vector_end = dim / kLanes * kLanes;
   const DF df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t full = dim / lanes * lanes;
-  int64_t g = 0;
-  for (; g + 4 <= groups; g += 4) {
-    const float* q = query + g * dim;
-    HWY_ALIGN float sums[4];
-    Dots4<kDim>(q, q + dim, q + 2 * dim, q + 3 * dim, key, key, key, key, dim,
-                sums);
-    for (int64_t i = 0; i < 4; ++i) out[(g + i) * out_stride] = sums[i] * scale;
-  }
-  for (; g < groups; ++g) {
-    const float* q = query + g * dim;
-    VF a = hn::Zero(df);
-    for (int64_t d = 0; d < full; d += lanes) {
-      a = hn::MulAdd(hn::LoadU(df, q + d), LoadF32(df, key + d), a);
-    }
-    float sum = hn::GetLane(hn::SumOfLanes(df, a));
-    for (int64_t d = full; d < dim; ++d) sum += q[d] * ScalarF32(key + d);
-    out[g * out_stride] = sum * scale;
-  }
-}
+  VF acc[kLanes];
+  for (int i = 0; i < kLanes; ++i) acc[i] = hn::Zero(df);
 
-// logits[h * capacity + j] = scale * dot(query[h], key row j) for every
-// query head h and the n tokens of one tile. Tokens outer, KV heads inner:
-// the rows are read in address order, which the hardware prefetchers follow;
-// walking one KV head's rows instead jumps num_kv_heads * head_dim elements
-// per token and leaves the core waiting on memory.
-//
-// For a chunk's first tile, value_tile is non-null and the tile's value rows
-// are requested into L2 on the way, in the same order, so that TileValues,
-// which walks them head by head, finds them there. Later tiles' value rows
-// are requested during the previous tile's TileValues instead, which keeps
-// memory busy while the value pass computes.
-template <int64_t kDim, typename T>
-HWY_INLINE void TileLogits(const Problem& problem, const T* key_tile,
-                           const T* value_tile, int64_t n, const Scratch& s,
-                           RowPrefetcher& prefetcher) {
-  const int64_t dim = kDim != 0 ? kDim : problem.head_dim;
-  const int64_t groups = problem.group_size;
-  const int64_t stride = problem.key_stride_n;
-  const int64_t cap = s.tile_capacity;
-  const int64_t value_stride = problem.value_stride_n;
-  const int64_t value_bytes =
-      static_cast<int64_t>(sizeof(T)) *
-      ((problem.num_kv_heads - 1) * problem.value_stride_h +
-       problem.head_dim_v);
-  int64_t j = 0;
-  if (groups < 4) {
-    for (; j + 4 <= n; j += 4) {
-      const T* row = key_tile + j * stride;
-      for (int64_t t = 0; value_tile != nullptr && t < 4; ++t) {
-        PrefetchRowToL2(value_tile + (j + t) * value_stride, value_bytes);
+  for (int64_t d = 0; d < pair_end; d += kPair) {
+    VF ka[kT], kb[kT];
+    for (int t = 0; t < kT; ++t) Widen<T>::Pair(rows[t] + d, ka[t], kb[t]);
+    for (int h = 0; h < kH; ++h) {
+      const VF qa = hn::LoadU(df, query + h * dim + d);
+      const VF qb = hn::LoadU(df, query + h * dim + d + kLanes);
+      for (int t = 0; t < kT; ++t) {
+        acc[t * kH + h] = hn::MulAdd(qa, ka[t], acc[t * kH + h]);
+        acc[t * kH + h] = hn::MulAdd(qb, kb[t], acc[t * kH + h]);
       }
-      for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
-        prefetcher.Step();
-        const T* key = row + kv * problem.key_stride_h;
-        for (int64_t g = 0; g < groups; ++g) {
-          const int64_t head = kv * groups + g;
-          // Four tokens share one reduction when a group has few heads.
-          const float* q = s.query + head * dim;
-          HWY_ALIGN float sums[4];
-          Dots4<kDim>(q, q, q, q, key, key + stride, key + 2 * stride,
-                      key + 3 * stride, dim, sums);
-          float* out = s.logits + head * cap + j;
-          for (int t = 0; t < 4; ++t) out[t] = sums[t] * problem.softmax_scale;
+    }
+  }
+  for (int64_t d = pair_end; d < vector_end; d += kLanes) {
+    for (int t = 0; t < kT; ++t) {
+      const VF k = Widen<T>::One(rows[t] + d);
+      for (int h = 0; h < kH; ++h) {
+        acc[t * kH + h] =
+            hn::MulAdd(hn::LoadU(df, query + h * dim + d), k, acc[t * kH + h]);
+      }
+    }
+  }
+  VF sums = SumEachVector(acc);
+  if (vector_end < dim) {
+    HWY_ALIGN float tail[kLanes] = {};
+    for (int t = 0; t < kT; ++t) {
+      for (int h = 0; h < kH; ++h) {
+        float sum = 0.0f;
+        for (int64_t d = vector_end; d < dim; ++d) {
+          sum += query[h * dim + d] * Widen<T>::Scalar(rows[t] + d);
         }
+        tail[t * kH + h] = sum;
       }
     }
+    sums = hn::Add(sums, hn::Load(df, tail));
   }
-  for (; j < n; ++j) {
-    const T* row = key_tile + j * stride;
-    if (value_tile != nullptr) {
-      PrefetchRowToL2(value_tile + j * value_stride, value_bytes);
-    }
-    for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
-      prefetcher.Step();
-      GroupLogits<kDim>(
-          row + kv * problem.key_stride_h, s.query + kv * groups * dim, dim,
-          groups, problem.softmax_scale, s.logits + kv * groups * cap + j, cap);
-    }
-  }
+  return sums;
 }
 
-// Turns one head's n tile logits into probabilities relative to the updated
-// running max, and rescales that head's accumulator. `padded` is n rounded up
-// to whole vectors; the padding is set to -inf and so contributes 0.
-HWY_INLINE void TileSoftmax(const Problem& problem, int64_t g, int64_t n,
-                            int64_t padded, const Scratch& s) {
-  const DF df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  float* logits = s.logits + g * s.tile_capacity;
+// ---------------------------------------------------------------------------
+// Working memory.
 
-  if (problem.soft_cap > 0.0f) {
-    const VF cap = hn::Set(df, problem.soft_cap);
-    const VF inv_cap = hn::Set(df, 1.0f / problem.soft_cap);
-    for (int64_t j = 0; j < padded; j += lanes) {
-      const VF x = hn::LoadU(df, logits + j);
-      hn::StoreU(hn::Mul(cap, hn::Tanh(df, hn::Mul(x, inv_cap))), df,
-                 logits + j);
+// Per-thread scratch, reused by every work item the thread runs.
+struct ThreadScratch {
+  // [num_kv_heads, head_blocks, kH, head_dim] f32 in kernel order; heads
+  // past the group are zero. Holds batch row query_row's query.
+  float* query = nullptr;
+  int64_t query_row = -1;
+  // Room for one row of max(head_dim, head_dim_v) f32.
+  float* row = nullptr;
+  // Where element d of a query row and of a value row sit in kernel order.
+  const int32_t* query_positions = nullptr;
+  const int32_t* value_positions = nullptr;
+  // [tile_blocks, num_kv_heads, head_blocks, kLanes]: a tile's logits, then
+  // its probabilities, one vector per (token block, KV head, head block).
+  float* logits = nullptr;
+};
+
+// ---------------------------------------------------------------------------
+// Softmax.
+
+// Turns the logits of one (KV head, head block) of a tile into probabilities
+// relative to the updated running max of each head, and returns in alpha[h]
+// the factor that rescales head h's accumulator to that max. `logits` is the
+// block's first vector, `stride` floats between token blocks; the last block
+// holds `last_tokens` real tokens. Heads [0, heads) of the block are real.
+template <int kH, int kT>
+HWY_INLINE void BlockSoftmax(float* logits, int64_t blocks, int64_t stride,
+                             int64_t last_tokens, int64_t heads,
+                             float soft_cap, float* max, float* sum,
+                             float* alpha) {
+  const DF df;
+  if (soft_cap > 0.0f) {
+    const VF cap = hn::Set(df, soft_cap);
+    const VF inv_cap = hn::Set(df, 1.0f / soft_cap);
+    for (int64_t i = 0; i < blocks; ++i) {
+      float* p = logits + i * stride;
+      const VF x = hn::Load(df, p);
+      hn::Store(hn::Mul(cap, hn::Tanh(df, hn::Mul(x, inv_cap))), df, p);
     }
   }
-  for (int64_t j = n; j < padded; ++j) {
-    logits[j] = -std::numeric_limits<float>::infinity();
+  if (last_tokens < kT) {
+    // The last block's missing tokens repeat a real row; they must weigh 0.
+    HWY_ALIGN float lane_token[kLanes];
+    for (int lane = 0; lane < kLanes; ++lane) lane_token[lane] = lane / kH;
+    float* p = logits + (blocks - 1) * stride;
+    const auto real = hn::Lt(hn::Load(df, lane_token),
+                             hn::Set(df, static_cast<float>(last_tokens)));
+    hn::Store(hn::IfThenElse(real, hn::Load(df, p), hn::Set(df, kNegInf)), df,
+              p);
   }
 
-  VF vmax = hn::Set(df, -std::numeric_limits<float>::infinity());
-  for (int64_t j = 0; j < padded; j += lanes) {
-    vmax = hn::Max(vmax, hn::LoadU(df, logits + j));
+  VF vmax = hn::Set(df, kNegInf);
+  for (int64_t i = 0; i < blocks; ++i) {
+    vmax = hn::Max(vmax, hn::Load(df, logits + i * stride));
   }
-  const float tile_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
-  const float old_max = s.max[g];
-  const float new_max = tile_max > old_max ? tile_max : old_max;
-  if (!(new_max > -std::numeric_limits<float>::infinity())) {
-    // Nothing finite yet: every probability of the tile is zero.
-    for (int64_t j = 0; j < padded; ++j) logits[j] = 0.0f;
-    return;
+  HWY_ALIGN float lanes[kLanes];
+  hn::Store(vmax, df, lanes);
+  HWY_ALIGN float shift[kLanes] = {};
+  float new_max[kH];
+  for (int64_t h = 0; h < heads; ++h) {
+    float m = max[h];
+    for (int t = 0; t < kT; ++t) m = lanes[t * kH + h] > m ? lanes[t * kH + h] : m;
+    new_max[h] = m;
+    // Nothing finite yet: every probability is exp(-inf - 0) = 0.
+    const float s = m > kNegInf ? m : 0.0f;
+    for (int t = 0; t < kT; ++t) shift[t * kH + h] = s;
   }
 
-  const VF shift = hn::Set(df, new_max);
+  const VF vshift = hn::Load(df, shift);
   VF vsum = hn::Zero(df);
-  for (int64_t j = 0; j < padded; j += lanes) {
-    const VF p = hn::Exp(df, hn::Sub(hn::LoadU(df, logits + j), shift));
-    hn::StoreU(p, df, logits + j);
-    vsum = hn::Add(vsum, p);
+  for (int64_t i = 0; i < blocks; ++i) {
+    float* p = logits + i * stride;
+    const VF e = hn::Exp(df, hn::Sub(hn::Load(df, p), vshift));
+    hn::Store(e, df, p);
+    vsum = hn::Add(vsum, e);
   }
-  const float tile_sum = hn::GetLane(hn::SumOfLanes(df, vsum));
-
-  // exp(-inf) would be 0 anyway; the branch also avoids exp(-inf - -inf).
-  const float alpha = old_max == -std::numeric_limits<float>::infinity()
-                          ? 0.0f
-                          : std::exp(old_max - new_max);
-  s.max[g] = new_max;
-  s.sum[g] = s.sum[g] * alpha + tile_sum;
-  if (alpha != 1.0f) {
-    float* acc = s.acc + g * problem.head_dim_v;
-    const int64_t dim_v = problem.head_dim_v;
-    const int64_t full = dim_v / lanes * lanes;
-    const VF valpha = hn::Set(df, alpha);
-    for (int64_t d = 0; d < full; d += lanes) {
-      hn::StoreU(hn::Mul(hn::LoadU(df, acc + d), valpha), df, acc + d);
-    }
-    for (int64_t d = full; d < dim_v; ++d) acc[d] *= alpha;
+  hn::Store(vsum, df, lanes);
+  for (int64_t h = 0; h < heads; ++h) {
+    float tile_sum = 0.0f;
+    for (int t = 0; t < kT; ++t) tile_sum += lanes[t * kH + h];
+    // exp(-inf) would be 0 anyway; the branch also avoids exp(-inf - -inf).
+    alpha[h] = max[h] == kNegInf ? 0.0f : std::exp(max[h] - new_max[h]);
+    max[h] = new_max[h];
+    sum[h] = sum[h] * alpha[h] + tile_sum;
   }
 }
 
-// Vector registers of the target, which bound the register blocking below.
-#if HWY_TARGET <= HWY_AVX3
-inline constexpr int kVectorRegisters = 32;
-#else
-inline constexpr int kVectorRegisters = 16;
-#endif
+// ---------------------------------------------------------------------------
+// Values.
 
-// acc[h][c] += sum_j p[h][j] * value_j[c] over the n tokens of a tile for
-// kHeads heads and kVectors vectors of columns. The accumulators stay in
-// registers for the whole tile and each widened value vector serves every
-// head, so the loop is almost only FMAs.
-template <int kHeads, int kVectors, typename T>
-HWY_INLINE void ValueBlock(const T* value, int64_t stride, int64_t n,
-                           const float* p, int64_t p_stride, float* acc,
-                           int64_t acc_stride, RowPrefetcher& prefetcher) {
+// Columns (in vectors) a block of kHv heads keeps in registers: as many as
+// leave room for the widened row and the broadcast weight, and even, since
+// rows widen a pair of vectors at a time.
+constexpr int ValueColumns(int heads) {
+  if (kVectorRegisters >= 32) {
+    return heads <= 2 ? 8 : heads == 3 ? 6 : heads <= 6 ? 4 : 2;
+  }
+  return heads <= 2 ? 4 : 2;
+}
+// Heads one value block covers at most.
+inline constexpr int kMaxValueHeads = kVectorRegisters >= 32 ? 8 : 4;
+
+// Tokens of one step of the value pass for head blocks of kH: whole token
+// blocks of the logits, at least four so that loading and storing the
+// accumulators is shared by enough FMAs.
+constexpr int ValueTokens(int heads_per_block) {
+  return kLanes / heads_per_block > 4 ? kLanes / heads_per_block : 4;
+}
+
+// One step of the value pass for kHv heads and kC column vectors (kC == 1:
+// one vector in natural order; otherwise kC / 2 widened pairs):
+// acc[h][c] += sum_t weights[t][h] * rows[t][c] over `tokens` tokens
+// (kTokens when it is known at compile time). Each widened value vector
+// serves every head.
+template <int kHv, int kC, int kTokens, typename T>
+HWY_INLINE void ValueStep(const T* const* rows, int64_t column,
+                          const float* const* weights, int64_t weight_offset,
+                          int tokens, float* acc, int64_t acc_stride) {
+  static_assert(kC == 1 || kC % 2 == 0, "pairs or one natural vector");
   const DF df;
-  const size_t lanes = hn::Lanes(df);
-  VF sums[kHeads][kVectors];
-  HWY_UNROLL(8)
-  for (int h = 0; h < kHeads; ++h) {
-    HWY_UNROLL(8)
-    for (int c = 0; c < kVectors; ++c) {
-      sums[h][c] = hn::LoadU(df, acc + h * acc_stride + c * lanes);
+  const int count = kTokens != 0 ? kTokens : tokens;
+  VF sums[kHv][kC];
+  for (int h = 0; h < kHv; ++h) {
+    for (int c = 0; c < kC; ++c) {
+      sums[h][c] = hn::LoadU(df, acc + h * acc_stride + c * kLanes);
     }
   }
-  for (int64_t j = 0; j < n; ++j) {
-    prefetcher.Step();
-    const T* row = value + j * stride;
-    VF x[kVectors];
-    HWY_UNROLL(8)
-    for (int c = 0; c < kVectors; ++c) x[c] = LoadF32(df, row + c * lanes);
-    HWY_UNROLL(8)
-    for (int h = 0; h < kHeads; ++h) {
-      const VF weight = hn::Set(df, p[h * p_stride + j]);
-      HWY_UNROLL(8)
-      for (int c = 0; c < kVectors; ++c) {
+  for (int t = 0; t < count; ++t) {
+    const T* row = rows[t] + column;
+    VF x[kC];
+    if constexpr (kC == 1) {
+      x[0] = Widen<T>::One(row);
+    } else {
+      for (int c = 0; c < kC; c += 2) {
+        Widen<T>::Pair(row + c * kLanes, x[c], x[c + 1]);
+      }
+    }
+    const float* w = weights[t] + weight_offset;
+    for (int h = 0; h < kHv; ++h) {
+      const VF weight = hn::Set(df, w[h]);
+      for (int c = 0; c < kC; ++c) {
         sums[h][c] = hn::MulAdd(weight, x[c], sums[h][c]);
       }
     }
   }
-  HWY_UNROLL(8)
-  for (int h = 0; h < kHeads; ++h) {
-    HWY_UNROLL(8)
-    for (int c = 0; c < kVectors; ++c) {
-      hn::StoreU(sums[h][c], df, acc + h * acc_stride + c * lanes);
+  for (int h = 0; h < kHv; ++h) {
+    for (int c = 0; c < kC; ++c) {
+      hn::StoreU(sums[h][c], df, acc + h * acc_stride + c * kLanes);
     }
   }
 }
 
-// ValueBlock over every column of kHeads heads: blocks of whole vectors as
-// wide as the registers allow, then single vectors, then scalar columns.
-template <int kHeads, int64_t kDimV, typename T>
-HWY_INLINE void HeadValues(const T* value, int64_t stride, int64_t n,
-                           int64_t runtime_dim_v, const float* p,
-                           int64_t p_stride, float* acc,
-                           RowPrefetcher& prefetcher) {
+// ValueStep over every column of kHv heads: blocks of kC vectors, then
+// single pairs, a natural vector, and scalar columns.
+template <int kHv, int kTokens, int64_t kDimV, typename T>
+HWY_INLINE void HeadValues(const T* const* rows, const float* const* weights,
+                           int64_t weight_offset, int tokens,
+                           int64_t runtime_dim_v, float* acc) {
+  constexpr int kC = ValueColumns(kHv);
   const int64_t dim_v = kDimV != 0 ? kDimV : runtime_dim_v;
-  const DF df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const int64_t full = dim_v / lanes * lanes;
-  // Leaves registers for the widened row and the broadcast weight; a power
-  // of two so that the common head dims split into whole blocks.
-  constexpr int kLimit = (kVectorRegisters - 8) / kHeads;
-  constexpr int kBlock = kLimit >= 8   ? 8
-                         : kLimit >= 4 ? 4
-                         : kLimit >= 2 ? 2
-                                       : 1;
+  const int64_t pair_end = dim_v / kPair * kPair;
   int64_t d = 0;
-  for (; d + kBlock * lanes <= full; d += kBlock * lanes) {
-    ValueBlock<kHeads, kBlock>(value + d, stride, n, p, p_stride, acc + d,
-                               dim_v, prefetcher);
+  for (; d + kC * kLanes <= pair_end; d += kC * kLanes) {
+    ValueStep<kHv, kC, kTokens>(rows, d, weights, weight_offset, tokens,
+                                acc + d, dim_v);
   }
-  for (; d < full; d += lanes) {
-    ValueBlock<kHeads, 1>(value + d, stride, n, p, p_stride, acc + d, dim_v,
-                          prefetcher);
+  if constexpr (kC > 2) {
+    for (; d < pair_end; d += kPair) {
+      ValueStep<kHv, 2, kTokens>(rows, d, weights, weight_offset, tokens,
+                                 acc + d, dim_v);
+    }
   }
+  for (; d + kLanes <= dim_v; d += kLanes) {
+    ValueStep<kHv, 1, kTokens>(rows, d, weights, weight_offset, tokens,
+                               acc + d, dim_v);
+  }
+  const int count = kTokens != 0 ? kTokens : tokens;
   for (; d < dim_v; ++d) {
-    for (int64_t j = 0; j < n; ++j) {
-      const float x = ScalarF32(value + j * stride + d);
-      for (int h = 0; h < kHeads; ++h) {
-        acc[h * dim_v + d] += p[h * p_stride + j] * x;
-      }
+    for (int t = 0; t < count; ++t) {
+      const float x = Widen<T>::Scalar(rows[t] + d);
+      const float* w = weights[t] + weight_offset;
+      for (int h = 0; h < kHv; ++h) acc[h * dim_v + d] += w[h] * x;
     }
   }
 }
 
-// acc[h] += sum_j p[h][j] * value row j over one tile, KV head by KV head and
-// four query heads at a time. TileLogits already brought the rows into L2.
-//
-// `prefetcher` requests the next tile's value rows a few lines per token.
-template <int64_t kDimV, typename T>
-HWY_INLINE void TileValues(const Problem& problem, const T* value_tile,
-                           int64_t n, const Scratch& s,
-                           RowPrefetcher& prefetcher) {
-  const int64_t groups = problem.group_size;
-  const int64_t dim_v = kDimV != 0 ? kDimV : problem.head_dim_v;
-  const int64_t stride = problem.value_stride_n;
-  const int64_t cap = s.tile_capacity;
-  for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
-    const T* value = value_tile + kv * problem.value_stride_h;
-    int64_t g = 0;
-    for (; g + 4 <= groups; g += 4) {
-      const int64_t head = kv * groups + g;
-      HeadValues<4, kDimV>(value, stride, n, dim_v, s.logits + head * cap, cap,
-                           s.acc + head * dim_v, prefetcher);
-    }
-    for (; g + 2 <= groups; g += 2) {
-      const int64_t head = kv * groups + g;
-      HeadValues<2, kDimV>(value, stride, n, dim_v, s.logits + head * cap, cap,
-                           s.acc + head * dim_v, prefetcher);
-    }
-    for (; g < groups; ++g) {
-      const int64_t head = kv * groups + g;
-      HeadValues<1, kDimV>(value, stride, n, dim_v, s.logits + head * cap, cap,
-                           s.acc + head * dim_v, prefetcher);
+// HeadValues for `heads` heads (at most kMaxValueHeads), chosen at run time.
+template <int kTokens, int64_t kDimV, typename T>
+HWY_INLINE void SomeHeadValues(int64_t heads, const T* const* rows,
+                               const float* const* weights,
+                               int64_t weight_offset, int tokens,
+                               int64_t dim_v, float* acc) {
+  switch (heads) {
+    case 1:
+      return HeadValues<1, kTokens, kDimV>(rows, weights, weight_offset,
+                                           tokens, dim_v, acc);
+    case 2:
+      return HeadValues<2, kTokens, kDimV>(rows, weights, weight_offset,
+                                           tokens, dim_v, acc);
+    case 3:
+      return HeadValues<3, kTokens, kDimV>(rows, weights, weight_offset,
+                                           tokens, dim_v, acc);
+    case 4:
+      return HeadValues<4, kTokens, kDimV>(rows, weights, weight_offset,
+                                           tokens, dim_v, acc);
+    default:
+      break;
+  }
+  if constexpr (kMaxValueHeads > 4) {
+    switch (heads) {
+      case 5:
+        return HeadValues<5, kTokens, kDimV>(rows, weights, weight_offset,
+                                             tokens, dim_v, acc);
+      case 6:
+        return HeadValues<6, kTokens, kDimV>(rows, weights, weight_offset,
+                                             tokens, dim_v, acc);
+      case 7:
+        return HeadValues<7, kTokens, kDimV>(rows, weights, weight_offset,
+                                             tokens, dim_v, acc);
+      default:
+        return HeadValues<8, kTokens, kDimV>(rows, weights, weight_offset,
+                                             tokens, dim_v, acc);
     }
   }
 }
+
+// Multiplies n floats by alpha.
+HWY_INLINE void Rescale(float* acc, int64_t n, float alpha) {
+  const DF df;
+  const VF a = hn::Set(df, alpha);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    hn::StoreU(hn::Mul(a, hn::LoadU(df, acc + i)), df, acc + i);
+  }
+  for (; i < n; ++i) acc[i] *= alpha;
+}
+
+// ---------------------------------------------------------------------------
+// Work items.
 
 // The key and value rows of one tile: `rows` rows from `key` and `value`.
 template <typename T>
@@ -521,8 +562,8 @@ struct TileRows {
 // Returns the rows of the tile of `chunk` that starts at position `begin`.
 // Tiles are aligned to multiples of block_size in absolute positions.
 template <typename T>
-TileRows<T> TileAt(const Problem& problem, const Plan& plan, const Chunk& chunk,
-                   int64_t begin) {
+TileRows<T> TileAt(const Problem& problem, const Plan& plan,
+                   const Chunk& chunk, int64_t begin) {
   const int64_t boundary = (begin / plan.block_size + 1) * plan.block_size;
   TileRows<T> tile;
   tile.key = static_cast<const T*>(problem.key) +
@@ -534,50 +575,94 @@ TileRows<T> TileAt(const Problem& problem, const Plan& plan, const Chunk& chunk,
   return tile;
 }
 
-// Computes the partial states of every query head for one chunk. kDim and
-// kDimV are the head dims when known at compile time, else 0. `next_item`
-// is the item this thread runs next (-1 if none): its first tile is
-// requested during this item's last.
-template <typename T, int64_t kDim, int64_t kDimV>
-void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
-                 int64_t next_item, const Scratch& thread_scratch,
-                 const PartialStates& states) {
-  const int64_t dim_v = kDimV != 0 ? kDimV : problem.head_dim_v;
-  Scratch s = thread_scratch;
-  s.acc = states.out + item * problem.num_qo_heads * dim_v;
-  s.max = states.max + item * problem.num_qo_heads;
-  s.sum = states.sum + item * problem.num_qo_heads;
-  const DF df;
-  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
-  const Chunk& chunk = plan.chunks[item];
-  const int64_t b = chunk.batch;
-  const int64_t heads = problem.num_qo_heads;
-
-  for (int64_t h = 0; h < heads; ++h) {
-    LoadRowAsF32(problem.query, problem.query_dtype,
-                 b * problem.query_stride_b + h * problem.query_stride_h,
-                 problem.head_dim, s.query + h * problem.head_dim);
-    s.max[h] = -std::numeric_limits<float>::infinity();
-    s.sum[h] = 0.0f;
+// Where each element of a row lands in kernel order: to[d] for d < dim.
+template <typename T>
+std::vector<int32_t> KernelPositions(int64_t dim) {
+  std::vector<int32_t> to(static_cast<size_t>(dim));
+  for (int64_t d = 0; d < dim; ++d) {
+    to[d] = static_cast<int32_t>(KernelPosition<T>(d, dim));
   }
-  for (int64_t i = 0; i < heads * dim_v; ++i) s.acc[i] = 0.0f;
+  return to;
+}
+
+// Fills the thread's query scratch with batch row b's query, in kernel order,
+// in head blocks of kH (heads past the group zero).
+template <int kH>
+void PrepareQuery(const Problem& problem, int64_t b, int64_t head_blocks,
+                  const int32_t* positions, ThreadScratch& scratch) {
+  if (scratch.query_row == b) return;
+  const int64_t dim = problem.head_dim;
+  const int64_t groups = problem.group_size;
+  for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
+    for (int64_t slot = 0; slot < head_blocks * kH; ++slot) {
+      float* out = scratch.query + (kv * head_blocks * kH + slot) * dim;
+      if (slot >= groups) {
+        for (int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
+        continue;
+      }
+      const int64_t head = kv * groups + slot;
+      LoadRowAsF32(problem.query, problem.query_dtype,
+                   b * problem.query_stride_b + head * problem.query_stride_h,
+                   dim, scratch.row);
+      for (int64_t d = 0; d < dim; ++d) out[positions[d]] = scratch.row[d];
+    }
+  }
+  scratch.query_row = b;
+}
+
+// Puts one head's accumulator back in natural order.
+inline void NaturalOrder(float* acc, int64_t dim_v, const int32_t* positions,
+                         float* temp) {
+  for (int64_t d = 0; d < dim_v; ++d) temp[d] = acc[positions[d]];
+  for (int64_t d = 0; d < dim_v; ++d) acc[d] = temp[d];
+}
+
+// Computes the partial states of every query head for one chunk, with head
+// blocks of kH. kDim and kDimV are the head dims when known at compile time,
+// else 0. `next_item` is the item this thread runs next (-1 if none): its
+// first tile is requested during this item's last.
+template <typename T, int kH, int64_t kDim, int64_t kDimV>
+void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
+                 int64_t next_item, ThreadScratch& scratch,
+                 const PartialStates& states) {
+  constexpr int kT = kLanes / kH;
+  const int64_t dim = kDim != 0 ? kDim : problem.head_dim;
+  const int64_t dim_v = kDimV != 0 ? kDimV : problem.head_dim_v;
+  const int64_t heads = problem.num_qo_heads;
+  const int64_t groups = problem.group_size;
+  const int64_t kv_heads = problem.num_kv_heads;
+  const int64_t head_blocks = (groups + kH - 1) / kH;
+  const Chunk& chunk = plan.chunks[item];
+  const float scale = problem.softmax_scale;
+
+  float* acc = states.out + item * heads * dim_v;
+  float* max = states.max + item * heads;
+  float* sum = states.sum + item * heads;
+  for (int64_t h = 0; h < heads; ++h) {
+    max[h] = kNegInf;
+    sum[h] = 0.0f;
+  }
+  for (int64_t i = 0; i < heads * dim_v; ++i) acc[i] = 0.0f;
+  PrepareQuery<kH>(problem, chunk.batch, head_blocks, scratch.query_positions,
+                   scratch);
 
   const int64_t key_row_bytes =
       static_cast<int64_t>(sizeof(T)) *
-      ((problem.num_kv_heads - 1) * problem.key_stride_h + problem.head_dim);
+      ((kv_heads - 1) * problem.key_stride_h + dim);
   const int64_t value_row_bytes =
       static_cast<int64_t>(sizeof(T)) *
-      ((problem.num_kv_heads - 1) * problem.value_stride_h + dim_v);
-  // Prefetch steps per token: one per KV head in the logits pass and one per
-  // (KV head, head block, column block) in the value pass.
-  const int64_t steps_per_token =
-      problem.num_kv_heads * (1 + (problem.group_size + 3) / 4 *
-                                      ((dim_v + 4 * lanes - 1) / (4 * lanes)));
+      ((kv_heads - 1) * problem.value_stride_h + dim_v);
+  // Floats between token blocks of the logits scratch.
+  const int64_t block_stride = kv_heads * head_blocks * kLanes;
+  constexpr int kTv = ValueTokens(kH);
+
   for (int64_t begin = chunk.begin; begin < chunk.end;) {
     const TileRows<T> tile = TileAt<T>(problem, plan, chunk, begin);
     const int64_t n = tile.rows;
-    const int64_t padded = (n + lanes - 1) / lanes * lanes;
     const int64_t end = begin + n;
+    const int64_t blocks = (n + kT - 1) / kT;
+    const int64_t last_tokens = n - (blocks - 1) * kT;
+    const int64_t value_steps = (n + kTv - 1) / kTv;
 
     // The tile after this one, which memory fetches into L2 while this one
     // computes, so that the core rarely waits on memory.
@@ -588,26 +673,120 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
       const Chunk& next = plan.chunks[next_item];
       following = TileAt<T>(problem, plan, next, next.begin);
     }
+    // One step per (token block, KV head) of either pass.
+    const int64_t steps = kv_heads * (blocks + value_steps);
     RowPrefetcher prefetcher;
     prefetcher.keys = RowStream(
         following.key, problem.key_stride_n * static_cast<int64_t>(sizeof(T)),
-        key_row_bytes, following.rows, n * steps_per_token);
-    prefetcher.values =
-        RowStream(following.value,
-                  problem.value_stride_n * static_cast<int64_t>(sizeof(T)),
-                  value_row_bytes, following.rows, n * steps_per_token);
+        key_row_bytes, following.rows, steps);
+    prefetcher.values = RowStream(
+        following.value,
+        problem.value_stride_n * static_cast<int64_t>(sizeof(T)),
+        value_row_bytes, following.rows, steps);
 
-    TileLogits<kDim>(problem, tile.key,
-                     begin == chunk.begin ? tile.value : nullptr, n, s,
-                     prefetcher);
-    for (int64_t h = 0; h < heads; ++h) TileSoftmax(problem, h, n, padded, s);
-    TileValues<kDimV>(problem, tile.value, n, s, prefetcher);
+    // Logits, token blocks in address order. Missing tokens of the last
+    // block repeat its last real row, which is attended; BlockSoftmax gives
+    // them weight 0.
+    const DF df;
+    const VF vscale = hn::Set(df, scale);
+    for (int64_t i = 0; i < blocks; ++i) {
+      const T* rows[kT];
+      for (int t = 0; t < kT; ++t) {
+        const int64_t token = std::min<int64_t>(i * kT + t, n - 1);
+        rows[t] = tile.key + token * problem.key_stride_n;
+      }
+      for (int64_t kv = 0; kv < kv_heads; ++kv) {
+        prefetcher.Step();
+        const T* kv_rows[kT];
+        for (int t = 0; t < kT; ++t) {
+          kv_rows[t] = rows[t] + kv * problem.key_stride_h;
+        }
+        for (int64_t hb = 0; hb < head_blocks; ++hb) {
+          const float* q = scratch.query + (kv * head_blocks + hb) * kH * dim;
+          const VF dots = BlockDots<kH, kT, kDim>(kv_rows, q, dim);
+          hn::Store(hn::Mul(dots, vscale), df,
+                    scratch.logits + i * block_stride +
+                        (kv * head_blocks + hb) * kLanes);
+        }
+      }
+    }
+
+    // Softmax of every head block; accumulators rescaled to the new max.
+    for (int64_t kv = 0; kv < kv_heads; ++kv) {
+      for (int64_t hb = 0; hb < head_blocks; ++hb) {
+        const int64_t first_head = kv * groups + hb * kH;
+        const int64_t count = std::min<int64_t>(kH, groups - hb * kH);
+        float alpha[kH] = {};
+        BlockSoftmax<kH, kT>(scratch.logits + (kv * head_blocks + hb) * kLanes,
+                             blocks, block_stride, last_tokens, count,
+                             problem.soft_cap, max + first_head,
+                             sum + first_head, alpha);
+        for (int64_t h = 0; h < count; ++h) {
+          if (alpha[h] != 1.0f) {
+            Rescale(acc + (first_head + h) * dim_v, dim_v, alpha[h]);
+          }
+        }
+      }
+    }
+
+    // Values, kTv tokens at a time in address order.
+    for (int64_t j = 0; j < n; j += kTv) {
+      const int tokens = static_cast<int>(std::min<int64_t>(kTv, n - j));
+      const T* rows[kTv];
+      const float* weights[kTv];
+      for (int t = 0; t < kTv; ++t) {
+        const int64_t token = j + std::min(t, tokens - 1);
+        rows[t] = tile.value + token * problem.value_stride_n;
+        weights[t] = scratch.logits + token / kT * block_stride +
+                     token % kT * kH;
+      }
+      for (int64_t kv = 0; kv < kv_heads; ++kv) {
+        prefetcher.Step();
+        const T* kv_rows[kTv];
+        for (int t = 0; t < kTv; ++t) {
+          kv_rows[t] = rows[t] + kv * problem.value_stride_h;
+        }
+        for (int64_t hb = 0; hb < head_blocks; ++hb) {
+          const int64_t first_head = kv * groups + hb * kH;
+          const int64_t count = std::min<int64_t>(kH, groups - hb * kH);
+          for (int64_t h = 0; h < count; h += kMaxValueHeads) {
+            const int64_t offset = (kv * head_blocks + hb) * kLanes + h;
+            const int64_t some = std::min<int64_t>(kMaxValueHeads, count - h);
+            float* out = acc + (first_head + h) * dim_v;
+            if (tokens == kTv) {
+              SomeHeadValues<kTv, kDimV>(some, kv_rows, weights, offset,
+                                         tokens, dim_v, out);
+            } else {
+              SomeHeadValues<0, kDimV>(some, kv_rows, weights, offset, tokens,
+                                       dim_v, out);
+            }
+          }
+        }
+      }
+    }
     prefetcher.Finish();
     begin = end;
   }
+
+  if (Widen<T>::Element(1, 0) != kLanes) {
+    for (int64_t h = 0; h < heads; ++h) {
+      NaturalOrder(acc + h * dim_v, dim_v, scratch.value_positions,
+                   scratch.row);
+    }
+  }
 }
 
-template <typename T, int64_t kDim, int64_t kDimV>
+// Returns the head block for a group of `groups` query heads: the whole
+// group rounded up to a size with its own code, or kLanes heads.
+inline int HeadBlockFor(int64_t groups) {
+  constexpr int kSizes[] = {1, 2, 4, 5, 6, 7, 8, 16};
+  for (const int size : kSizes) {
+    if (size <= kLanes && groups <= size) return size;
+  }
+  return kLanes;
+}
+
+template <typename T, int kH, int64_t kDim, int64_t kDimV>
 void RunPlanAs(const Problem& problem, const Plan& plan,
                const PartialStates& states) {
   int64_t max_tile = 1;
@@ -615,39 +794,98 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
     max_tile =
         std::max(max_tile, std::min(chunk.end - chunk.begin, plan.block_size));
   }
+  constexpr int kT = kLanes / kH;
+  const int64_t head_blocks = (problem.group_size + kH - 1) / kH;
+  const int64_t query_floats =
+      problem.num_kv_heads * head_blocks * kH * problem.head_dim;
+  const int64_t logits_floats =
+      (max_tile + kT - 1) / kT * problem.num_kv_heads * head_blocks * kLanes;
+  const int64_t row_floats = std::max(problem.head_dim, problem.head_dim_v);
+  // Whole vectors, so that every thread's logits start vector-aligned.
+  const int64_t per_thread =
+      (query_floats + logits_floats + row_floats + kLanes - 1) / kLanes *
+      kLanes;
+  const std::vector<int32_t> query_positions =
+      KernelPositions<T>(problem.head_dim);
+  const std::vector<int32_t> value_positions =
+      KernelPositions<T>(problem.head_dim_v);
+
   const int64_t num_items = plan.NumWorkItems();
   const int threads = static_cast<int>(
       std::min<int64_t>(problem.num_threads, std::max<int64_t>(num_items, 1)));
-  const int64_t per_thread = ScratchFloats(problem, max_tile);
   // Uninitialised: every element is written before it is read.
-  const std::unique_ptr<float[]> scratch(
-      new float[static_cast<size_t>(per_thread * threads)]);
+  const hwy::AlignedFreeUniquePtr<float[]> memory =
+      hwy::AllocateAligned<float>(static_cast<size_t>(per_thread * threads));
+  if (!memory) throw std::bad_alloc();
+  std::vector<ThreadScratch> scratch(static_cast<size_t>(threads));
+  for (int t = 0; t < threads; ++t) {
+    scratch[t].logits = memory.get() + t * per_thread;
+    scratch[t].query = scratch[t].logits + logits_floats;
+    scratch[t].row = scratch[t].query + query_floats;
+    scratch[t].query_positions = query_positions.data();
+    scratch[t].value_positions = value_positions.data();
+  }
   ParallelForWithNext(
       threads, num_items, [&](int64_t item, int64_t next, int thread) {
-        const Scratch s = CarveScratch(problem, max_tile,
-                                       scratch.get() + thread * per_thread);
-        RunWorkItem<T, kDim, kDimV>(problem, plan, item, next, s, states);
+        RunWorkItem<T, kH, kDim, kDimV>(problem, plan, item, next,
+                                        scratch[thread], states);
       });
 }
 
 // Head dims of real models get compile-time loop bounds; others share one
 // generic instantiation. Each one costs compile time for every target.
-template <typename T>
+template <typename T, int kH>
 void RunPlanForDims(const Problem& problem, const Plan& plan,
                     const PartialStates& states) {
   if (problem.head_dim == problem.head_dim_v) {
     switch (problem.head_dim) {
       case 64:
-        return RunPlanAs<T, 64, 64>(problem, plan, states);
+        return RunPlanAs<T, kH, 64, 64>(problem, plan, states);
       case 128:
-        return RunPlanAs<T, 128, 128>(problem, plan, states);
+        return RunPlanAs<T, kH, 128, 128>(problem, plan, states);
       case 256:
-        return RunPlanAs<T, 256, 256>(problem, plan, states);
+        return RunPlanAs<T, kH, 256, 256>(problem, plan, states);
       default:
         break;
     }
   }
-  RunPlanAs<T, 0, 0>(problem, plan, states);
+  RunPlanAs<T, kH, 0, 0>(problem, plan, states);
+}
+
+// Dispatches on the head block, then on the head dims.
+template <typename T>
+void RunPlanForShape(const Problem& problem, const Plan& plan,
+                     const PartialStates& states) {
+  switch (HeadBlockFor(problem.group_size)) {
+    case 1:
+      return RunPlanForDims<T, 1>(problem, plan, states);
+    case 2:
+      return RunPlanForDims<T, 2>(problem, plan, states);
+    default:
+      break;
+  }
+  if constexpr (kLanes >= 4) {
+    if (HeadBlockFor(problem.group_size) == 4) {
+      return RunPlanForDims<T, 4>(problem, plan, states);
+    }
+  }
+  if constexpr (kLanes >= 8) {
+    switch (HeadBlockFor(problem.group_size)) {
+      case 5:
+        return RunPlanForDims<T, 5>(problem, plan, states);
+      case 6:
+        return RunPlanForDims<T, 6>(problem, plan, states);
+      case 7:
+        return RunPlanForDims<T, 7>(problem, plan, states);
+      case 8:
+        return RunPlanForDims<T, 8>(problem, plan, states);
+      default:
+        break;
+    }
+  }
+  if constexpr (kLanes >= 16) {
+    return RunPlanForDims<T, 16>(problem, plan, states);
+  }
 }
 
 }  // namespace HWY_NAMESPACE
