@@ -132,23 +132,69 @@ struct Widen<hwy::bfloat16_t> {
   }
 };
 
-// Returns where element d of a row of `dim` elements sits in kernel order:
-// within each whole pair block, the order LoadPair produces; after the last
-// pair block, natural order.
+// Kernel order: bf16 rows widen each pair block of kPair elements into the
+// even elements, then the odd ones (Widen<bf16>::Pair); elements after the
+// last whole pair block, and every f32 or f16 element, keep natural order.
+// The query is put in kernel order once per batch row and the value
+// accumulators back in natural order once per work item.
 template <typename T>
-int64_t KernelPosition(int64_t d, int64_t dim) {
-  const int64_t pair_end = dim / kPair * kPair;
-  if (d >= pair_end) return d;
-  const int64_t block = d / kPair * kPair;
-  const int e = static_cast<int>(d - block);
-  for (int half = 0; half < 2; ++half) {
-    for (int lane = 0; lane < kLanes; ++lane) {
-      if (Widen<T>::Element(half, lane) == e) {
-        return block + half * kLanes + lane;
-      }
+inline constexpr bool kPermutes = Widen<T>::Element(1, 0) != kLanes;
+
+// Puts n f32 of `row` in kernel order in place.
+template <typename T>
+HWY_INLINE void ToKernelOrder(float* row, int64_t n) {
+#if HWY_TARGET != HWY_SCALAR  // one lane: nothing to reorder
+  if constexpr (kPermutes<T>) {
+    const DF df;
+    for (int64_t d = 0; d + kPair <= n; d += kPair) {
+      const VF lo = hn::LoadU(df, row + d);
+      const VF hi = hn::LoadU(df, row + d + kLanes);
+      hn::StoreU(hn::ConcatEven(df, hi, lo), df, row + d);
+      hn::StoreU(hn::ConcatOdd(df, hi, lo), df, row + d + kLanes);
     }
   }
-  return d;  // not reached: Element is a permutation
+#else
+  (void)row;
+  (void)n;
+#endif
+}
+
+// Puts n f32 of `row` back in natural order in place: the inverse of
+// ToKernelOrder.
+template <typename T>
+HWY_INLINE void ToNaturalOrder(float* row, int64_t n) {
+#if HWY_TARGET != HWY_SCALAR  // one lane: nothing to reorder
+  if constexpr (kPermutes<T>) {
+    const DF df;
+    for (int64_t d = 0; d + kPair <= n; d += kPair) {
+      const VF even = hn::LoadU(df, row + d);
+      const VF odd = hn::LoadU(df, row + d + kLanes);
+      // Within each 128-bit block: lower and upper halves interleaved.
+      const VF lower = hn::InterleaveLower(df, even, odd);
+      const VF upper = hn::InterleaveUpper(df, even, odd);
+      VF first = lower;
+      VF second = upper;
+      if constexpr (kLanes >= 8) {
+        first = hn::ConcatLowerLower(df, upper, lower);
+        second = hn::ConcatUpperUpper(df, upper, lower);
+      }
+      if constexpr (kLanes == 16) {
+        // The blocks are now (l0 l1 u0 u1) and (l2 l3 u2 u3); natural order
+        // is (l0 u0 l1 u1) and (l2 u2 l3 u3).
+        alignas(64) static constexpr int32_t kSwapMiddle[16] = {
+            0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+        const auto swap = hn::SetTableIndices(df, kSwapMiddle);
+        first = hn::TableLookupLanes(first, swap);
+        second = hn::TableLookupLanes(second, swap);
+      }
+      hn::StoreU(first, df, row + d);
+      hn::StoreU(second, df, row + d + kLanes);
+    }
+  }
+#else
+  (void)row;
+  (void)n;
+#endif
 }
 
 // ---------------------------------------------------------------------------
@@ -318,14 +364,20 @@ struct ThreadScratch {
   // past the group are zero. Holds batch row query_row's query.
   float* query = nullptr;
   int64_t query_row = -1;
-  // Room for one row of max(head_dim, head_dim_v) f32.
-  float* row = nullptr;
-  // Where element d of a query row and of a value row sit in kernel order.
-  const int32_t* query_positions = nullptr;
-  const int32_t* value_positions = nullptr;
   // [tile_blocks, num_kv_heads, head_blocks, kLanes]: a tile's logits, then
   // its probabilities, one vector per (token block, KV head, head block).
   float* logits = nullptr;
+  // Wide head blocks only (kH == kLanes, see RunWideWorkItem):
+  // [num_kv_heads, head_blocks, head_dim, kLanes]: the query transposed,
+  // heads in lanes.
+  float* query_t = nullptr;
+  // [WideTileRows(tile), max(head_dim, head_dim_v)]: one KV head's key or
+  // value rows of a tile, widened to f32 in kernel order.
+  float* rows = nullptr;
+  // [num_kv_heads, head_blocks, head_dim_v, kLanes]: the accumulators
+  // transposed, heads in lanes; then [num_kv_heads, head_blocks, 3, kLanes]:
+  // each head block's WideSoftmax state.
+  float* acc_t = nullptr;
 };
 
 // ---------------------------------------------------------------------------
@@ -575,21 +627,23 @@ TileRows<T> TileAt(const Problem& problem, const Plan& plan,
   return tile;
 }
 
-// Where each element of a row lands in kernel order: to[d] for d < dim.
-template <typename T>
-std::vector<int32_t> KernelPositions(int64_t dim) {
-  std::vector<int32_t> to(static_cast<size_t>(dim));
-  for (int64_t d = 0; d < dim; ++d) {
-    to[d] = static_cast<int32_t>(KernelPosition<T>(d, dim));
+// Writes n elements of a query row (any query dtype) as f32 to `out`.
+template <typename Q>
+HWY_INLINE void WidenRow(const void* base, int64_t offset, int64_t n,
+                         float* out) {
+  const Q* in = static_cast<const Q*>(base) + offset;
+  int64_t d = 0;
+  for (; d + kLanes <= n; d += kLanes) {
+    hn::StoreU(Widen<Q>::One(in + d), DF(), out + d);
   }
-  return to;
+  for (; d < n; ++d) out[d] = Widen<Q>::Scalar(in + d);
 }
 
-// Fills the thread's query scratch with batch row b's query, in kernel order,
-// in head blocks of kH (heads past the group zero).
-template <int kH>
+// Fills the thread's query scratch with batch row b's query, in kernel order
+// for T, in head blocks of kH (heads past the group zero).
+template <typename T, int kH>
 void PrepareQuery(const Problem& problem, int64_t b, int64_t head_blocks,
-                  const int32_t* positions, ThreadScratch& scratch) {
+                  ThreadScratch& scratch) {
   if (scratch.query_row == b) return;
   const int64_t dim = problem.head_dim;
   const int64_t groups = problem.group_size;
@@ -597,24 +651,347 @@ void PrepareQuery(const Problem& problem, int64_t b, int64_t head_blocks,
     for (int64_t slot = 0; slot < head_blocks * kH; ++slot) {
       float* out = scratch.query + (kv * head_blocks * kH + slot) * dim;
       if (slot >= groups) {
-        for (int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
+        std::fill(out, out + dim, 0.0f);
         continue;
       }
-      const int64_t head = kv * groups + slot;
-      LoadRowAsF32(problem.query, problem.query_dtype,
-                   b * problem.query_stride_b + head * problem.query_stride_h,
-                   dim, scratch.row);
-      for (int64_t d = 0; d < dim; ++d) out[positions[d]] = scratch.row[d];
+      const int64_t offset =
+          b * problem.query_stride_b +
+          (kv * groups + slot) * problem.query_stride_h;
+      switch (problem.query_dtype) {
+        case DType::kBF16:
+          WidenRow<hwy::bfloat16_t>(problem.query, offset, dim, out);
+          break;
+        case DType::kF16:
+          WidenRow<hwy::float16_t>(problem.query, offset, dim, out);
+          break;
+        default:
+          WidenRow<float>(problem.query, offset, dim, out);
+      }
+      ToKernelOrder<T>(out, dim);
     }
   }
   scratch.query_row = b;
 }
 
-// Puts one head's accumulator back in natural order.
-inline void NaturalOrder(float* acc, int64_t dim_v, const int32_t* positions,
-                         float* temp) {
-  for (int64_t d = 0; d < dim_v; ++d) temp[d] = acc[positions[d]];
-  for (int64_t d = 0; d < dim_v; ++d) acc[d] = temp[d];
+// ---------------------------------------------------------------------------
+// Wide head blocks: a whole vector of query heads (groups of more than 8, as
+// in multi-query attention), one head per lane. The dot products then need
+// no reduction at all: each step multiplies a vector of the transposed query
+// by one key element broadcast from a widened row, and the value pass
+// likewise multiplies a vector of probabilities by one value element. The
+// loads are the rows (widened once per tile into L1 scratch) and one vector
+// per step, so the loop is almost only FMAs.
+
+// Tokens and head blocks one step of the wide passes keeps in registers.
+inline constexpr int kWideTokens = kVectorRegisters >= 32 ? 8 : 4;
+inline constexpr int kWideColumns = kVectorRegisters >= 32 ? 8 : 4;
+
+// Rows of a tile of n tokens in the widened scratch: whole steps of tokens.
+inline int64_t WideTileRows(int64_t n) {
+  return (n + kWideTokens - 1) / kWideTokens * kWideTokens;
+}
+
+// Widens `rows` rows of `dim` elements, `stride` elements apart, to f32 in
+// kernel order, and zeroes rows [rows, WideTileRows(rows)).
+template <typename T>
+HWY_INLINE void WidenTile(const T* first, int64_t stride, int64_t rows,
+                          int64_t dim, float* out) {
+  const DF df;
+  const int64_t pair_end = dim / kPair * kPair;
+  for (int64_t t = 0; t < rows; ++t) {
+    const T* row = first + t * stride;
+    float* o = out + t * dim;
+    int64_t d = 0;
+    for (; d < pair_end; d += kPair) {
+      VF a, b;
+      Widen<T>::Pair(row + d, a, b);
+      hn::StoreU(a, df, o + d);
+      hn::StoreU(b, df, o + d + kLanes);
+    }
+    for (; d + kLanes <= dim; d += kLanes) {
+      hn::StoreU(Widen<T>::One(row + d), df, o + d);
+    }
+    for (; d < dim; ++d) o[d] = Widen<T>::Scalar(row + d);
+  }
+  std::fill(out + rows * dim, out + WideTileRows(rows) * dim, 0.0f);
+}
+
+// logits[t][b] = scale * dot(query block b, key row t) for kWideTokens
+// tokens and kB head blocks: `query_t` points at kB transposed blocks
+// (query_stride floats apart), `keys` at the first widened row, `logits` at
+// token 0's vector of block 0 (block_stride floats between tokens).
+template <int kB, int64_t kDim>
+HWY_INLINE void WideDots(const float* query_t, int64_t query_stride,
+                         const float* keys, int64_t runtime_dim, float scale,
+                         float* logits, int64_t block_stride) {
+  const int64_t dim = kDim != 0 ? kDim : runtime_dim;
+  const DF df;
+  VF acc[kB][kWideTokens];
+  for (int b = 0; b < kB; ++b) {
+    for (int t = 0; t < kWideTokens; ++t) acc[b][t] = hn::Zero(df);
+  }
+  for (int64_t d = 0; d < dim; ++d) {
+    VF q[kB];
+    for (int b = 0; b < kB; ++b) {
+      q[b] = hn::Load(df, query_t + b * query_stride + d * kLanes);
+    }
+    for (int t = 0; t < kWideTokens; ++t) {
+      const VF k = hn::Set(df, keys[t * dim + d]);
+      for (int b = 0; b < kB; ++b) acc[b][t] = hn::MulAdd(q[b], k, acc[b][t]);
+    }
+  }
+  const VF vscale = hn::Set(df, scale);
+  for (int b = 0; b < kB; ++b) {
+    for (int t = 0; t < kWideTokens; ++t) {
+      hn::Store(hn::Mul(acc[b][t], vscale), df,
+                logits + t * block_stride + b * kLanes);
+    }
+  }
+}
+
+// acc_t[c] = alpha * acc_t[c] + sum_t p[t] * values[t][c] for kWideColumns
+// columns starting at `column`, kB head blocks and n tokens: `probs` is token
+// 0's vector of block 0, `acc_t` block 0's transposed accumulators
+// (acc_stride floats between blocks), `alpha` block 0's rescale vector
+// (3 * kLanes floats between blocks: WideSoftmax's state).
+template <int kB>
+HWY_INLINE void WideValues(const float* probs, int64_t block_stride,
+                           const float* values, int64_t dim_v, int64_t n,
+                           int64_t column, const float* alpha, float* acc_t,
+                           int64_t acc_stride) {
+  const DF df;
+  VF acc[kB][kWideColumns];
+  for (int b = 0; b < kB; ++b) {
+    const VF a = hn::Load(df, alpha + b * 3 * kLanes);
+    for (int c = 0; c < kWideColumns; ++c) {
+      acc[b][c] = hn::Mul(
+          a, hn::Load(df, acc_t + b * acc_stride + (column + c) * kLanes));
+    }
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    VF p[kB];
+    for (int b = 0; b < kB; ++b) {
+      p[b] = hn::Load(df, probs + t * block_stride + b * kLanes);
+    }
+    const float* v = values + t * dim_v + column;
+    for (int c = 0; c < kWideColumns; ++c) {
+      const VF x = hn::Set(df, v[c]);
+      for (int b = 0; b < kB; ++b) acc[b][c] = hn::MulAdd(p[b], x, acc[b][c]);
+    }
+  }
+  for (int b = 0; b < kB; ++b) {
+    for (int c = 0; c < kWideColumns; ++c) {
+      hn::Store(acc[b][c], df, acc_t + b * acc_stride + (column + c) * kLanes);
+    }
+  }
+}
+
+// The remaining columns [column, dim_v) of WideValues, one at a time.
+HWY_INLINE void WideValuesTail(const float* probs, int64_t block_stride,
+                               const float* values, int64_t dim_v, int64_t n,
+                               int64_t column, const float* alpha,
+                               float* acc_t) {
+  const DF df;
+  const VF a = hn::Load(df, alpha);
+  for (int64_t c = column; c < dim_v; ++c) {
+    VF acc = hn::Mul(a, hn::Load(df, acc_t + c * kLanes));
+    for (int64_t t = 0; t < n; ++t) {
+      acc = hn::MulAdd(hn::Load(df, probs + t * block_stride),
+                       hn::Set(df, values[t * dim_v + c]), acc);
+    }
+    hn::Store(acc, df, acc_t + c * kLanes);
+  }
+}
+
+// BlockSoftmax for one wide head block over n tokens (token t's logits at
+// logits + t * stride), with the running max and sum of its heads kept as
+// vectors in state[0] and state[1]; writes the accumulators' rescale factors
+// to state[2]. Every lane is a head, so nothing here is scalar.
+HWY_INLINE void WideSoftmax(float* logits, int64_t n, int64_t stride,
+                            float soft_cap, float* state) {
+  const DF df;
+  if (soft_cap > 0.0f) {
+    const VF cap = hn::Set(df, soft_cap);
+    const VF inv_cap = hn::Set(df, 1.0f / soft_cap);
+    for (int64_t t = 0; t < n; ++t) {
+      float* p = logits + t * stride;
+      hn::Store(hn::Mul(cap, hn::Tanh(df, hn::Mul(hn::Load(df, p), inv_cap))),
+                df, p);
+    }
+  }
+  const VF neg_inf = hn::Set(df, kNegInf);
+  VF tile_max = neg_inf;
+  for (int64_t t = 0; t < n; ++t) {
+    tile_max = hn::Max(tile_max, hn::Load(df, logits + t * stride));
+  }
+  const VF old_max = hn::Load(df, state);
+  const VF new_max = hn::Max(old_max, tile_max);
+  // Nothing finite yet: every probability is exp(-inf - 0) = 0.
+  const VF shift = hn::IfThenZeroElse(hn::Eq(new_max, neg_inf), new_max);
+  VF tile_sum = hn::Zero(df);
+  for (int64_t t = 0; t < n; ++t) {
+    float* p = logits + t * stride;
+    const VF e = hn::Exp(df, hn::Sub(hn::Load(df, p), shift));
+    hn::Store(e, df, p);
+    tile_sum = hn::Add(tile_sum, e);
+  }
+  // A head with nothing finite before weighs its (zero) past by 0, which
+  // also avoids exp(-inf - -inf).
+  const VF alpha = hn::IfThenZeroElse(hn::Eq(old_max, neg_inf),
+                                      hn::Exp(df, hn::Sub(old_max, shift)));
+  hn::Store(new_max, df, state);
+  hn::Store(hn::MulAdd(hn::Load(df, state + kLanes), alpha, tile_sum), df,
+            state + kLanes);
+  hn::Store(alpha, df, state + 2 * kLanes);
+}
+
+// RunWorkItem for head blocks of kLanes heads.
+template <typename T, int64_t kDim, int64_t kDimV>
+void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
+                     int64_t next_item, ThreadScratch& scratch,
+                     const PartialStates& states) {
+  const int64_t dim = kDim != 0 ? kDim : problem.head_dim;
+  const int64_t dim_v = kDimV != 0 ? kDimV : problem.head_dim_v;
+  const int64_t heads = problem.num_qo_heads;
+  const int64_t groups = problem.group_size;
+  const int64_t kv_heads = problem.num_kv_heads;
+  const int64_t head_blocks = (groups + kLanes - 1) / kLanes;
+  const int64_t all_blocks = kv_heads * head_blocks;
+  const Chunk& chunk = plan.chunks[item];
+  const DF df;
+
+  std::fill(scratch.acc_t, scratch.acc_t + all_blocks * dim_v * kLanes, 0.0f);
+  // Per head block: running max, running sum and rescale factors (see
+  // WideSoftmax), after the accumulators.
+  float* softmax = scratch.acc_t + all_blocks * dim_v * kLanes;
+  for (int64_t block = 0; block < all_blocks; ++block) {
+    std::fill(softmax + block * 3 * kLanes,
+              softmax + block * 3 * kLanes + kLanes, kNegInf);
+    std::fill(softmax + block * 3 * kLanes + kLanes,
+              softmax + block * 3 * kLanes + 3 * kLanes, 0.0f);
+  }
+  if (scratch.query_row != chunk.batch) {
+    PrepareQuery<T, kLanes>(problem, chunk.batch, head_blocks, scratch);
+    for (int64_t block = 0; block < all_blocks; ++block) {
+      const float* q = scratch.query + block * kLanes * dim;
+      float* q_t = scratch.query_t + block * dim * kLanes;
+      for (int64_t d = 0; d < dim; ++d) {
+        for (int lane = 0; lane < kLanes; ++lane) {
+          q_t[d * kLanes + lane] = q[lane * dim + d];
+        }
+      }
+    }
+  }
+
+  const int64_t key_row_bytes =
+      static_cast<int64_t>(sizeof(T)) *
+      ((kv_heads - 1) * problem.key_stride_h + dim);
+  const int64_t value_row_bytes =
+      static_cast<int64_t>(sizeof(T)) *
+      ((kv_heads - 1) * problem.value_stride_h + dim_v);
+  // Floats between tokens of the logits scratch: one vector per head block.
+  const int64_t block_stride = all_blocks * kLanes;
+  const int64_t column_end = dim_v / kWideColumns * kWideColumns;
+
+  for (int64_t begin = chunk.begin; begin < chunk.end;) {
+    const TileRows<T> tile = TileAt<T>(problem, plan, chunk, begin);
+    const int64_t n = tile.rows;
+    const int64_t end = begin + n;
+    TileRows<T> following;
+    if (end < chunk.end) {
+      following = TileAt<T>(problem, plan, chunk, end);
+    } else if (next_item >= 0) {
+      const Chunk& next = plan.chunks[next_item];
+      following = TileAt<T>(problem, plan, next, next.begin);
+    }
+    // One step per KV head of either pass.
+    RowPrefetcher prefetcher;
+    prefetcher.keys = RowStream(
+        following.key, problem.key_stride_n * static_cast<int64_t>(sizeof(T)),
+        key_row_bytes, following.rows, 2 * kv_heads);
+    prefetcher.values = RowStream(
+        following.value,
+        problem.value_stride_n * static_cast<int64_t>(sizeof(T)),
+        value_row_bytes, following.rows, 2 * kv_heads);
+
+    for (int64_t kv = 0; kv < kv_heads; ++kv) {
+      prefetcher.Step();
+      WidenTile(tile.key + kv * problem.key_stride_h, problem.key_stride_n, n,
+                dim, scratch.rows);
+      const float* q_t = scratch.query_t + kv * head_blocks * dim * kLanes;
+      float* logits = scratch.logits + kv * head_blocks * kLanes;
+      for (int64_t t = 0; t < n; t += kWideTokens) {
+        int64_t hb = 0;
+        for (; hb + 2 <= head_blocks; hb += 2) {
+          WideDots<2, kDim>(q_t + hb * dim * kLanes, dim * kLanes,
+                            scratch.rows + t * dim, dim, problem.softmax_scale,
+                            logits + t * block_stride + hb * kLanes,
+                            block_stride);
+        }
+        if (hb < head_blocks) {
+          WideDots<1, kDim>(q_t + hb * dim * kLanes, dim * kLanes,
+                            scratch.rows + t * dim, dim, problem.softmax_scale,
+                            logits + t * block_stride + hb * kLanes,
+                            block_stride);
+        }
+      }
+    }
+
+    // Softmax per head block.
+    for (int64_t block = 0; block < all_blocks; ++block) {
+      WideSoftmax(scratch.logits + block * kLanes, n, block_stride,
+                  problem.soft_cap, softmax + block * 3 * kLanes);
+    }
+
+    for (int64_t kv = 0; kv < kv_heads; ++kv) {
+      prefetcher.Step();
+      WidenTile(tile.value + kv * problem.value_stride_h,
+                problem.value_stride_n, n, dim_v, scratch.rows);
+      const float* probs = scratch.logits + kv * head_blocks * kLanes;
+      float* acc_t = scratch.acc_t + kv * head_blocks * dim_v * kLanes;
+      const float* state = softmax + kv * head_blocks * 3 * kLanes;
+      int64_t hb = 0;
+      for (; hb + 2 <= head_blocks; hb += 2) {
+        for (int64_t c = 0; c < column_end; c += kWideColumns) {
+          WideValues<2>(probs + hb * kLanes, block_stride, scratch.rows,
+                        dim_v, n, c, state + hb * 3 * kLanes + 2 * kLanes,
+                        acc_t + hb * dim_v * kLanes, dim_v * kLanes);
+        }
+      }
+      if (hb < head_blocks) {
+        for (int64_t c = 0; c < column_end; c += kWideColumns) {
+          WideValues<1>(probs + hb * kLanes, block_stride, scratch.rows,
+                        dim_v, n, c, state + hb * 3 * kLanes + 2 * kLanes,
+                        acc_t + hb * dim_v * kLanes, dim_v * kLanes);
+        }
+      }
+      for (hb = 0; hb < head_blocks && column_end < dim_v; ++hb) {
+        WideValuesTail(probs + hb * kLanes, block_stride, scratch.rows, dim_v,
+                       n, column_end, state + hb * 3 * kLanes + 2 * kLanes,
+                       acc_t + hb * dim_v * kLanes);
+      }
+    }
+    prefetcher.Finish();
+    begin = end;
+  }
+
+  // Back to one row per head, in natural order.
+  float* acc = states.out + item * heads * dim_v;
+  for (int64_t block = 0; block < all_blocks; ++block) {
+    const int64_t kv = block / head_blocks;
+    const int64_t hb = block % head_blocks;
+    const int64_t count = std::min<int64_t>(kLanes, groups - hb * kLanes);
+    const float* acc_t = scratch.acc_t + block * dim_v * kLanes;
+    for (int64_t lane = 0; lane < count; ++lane) {
+      const int64_t head = kv * groups + hb * kLanes + lane;
+      states.max[item * heads + head] = softmax[block * 3 * kLanes + lane];
+      states.sum[item * heads + head] =
+          softmax[block * 3 * kLanes + kLanes + lane];
+      float* out = acc + head * dim_v;
+      for (int64_t d = 0; d < dim_v; ++d) out[d] = acc_t[d * kLanes + lane];
+      ToNaturalOrder<T>(out, dim_v);
+    }
+  }
 }
 
 // Computes the partial states of every query head for one chunk, with head
@@ -625,6 +1002,10 @@ template <typename T, int kH, int64_t kDim, int64_t kDimV>
 void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
                  int64_t next_item, ThreadScratch& scratch,
                  const PartialStates& states) {
+  if constexpr (kH == kLanes && kLanes >= 4) {
+    return RunWideWorkItem<T, kDim, kDimV>(problem, plan, item, next_item,
+                                           scratch, states);
+  }
   constexpr int kT = kLanes / kH;
   const int64_t dim = kDim != 0 ? kDim : problem.head_dim;
   const int64_t dim_v = kDimV != 0 ? kDimV : problem.head_dim_v;
@@ -643,8 +1024,7 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     sum[h] = 0.0f;
   }
   for (int64_t i = 0; i < heads * dim_v; ++i) acc[i] = 0.0f;
-  PrepareQuery<kH>(problem, chunk.batch, head_blocks, scratch.query_positions,
-                   scratch);
+  PrepareQuery<T, kH>(problem, chunk.batch, head_blocks, scratch);
 
   const int64_t key_row_bytes =
       static_cast<int64_t>(sizeof(T)) *
@@ -768,12 +1148,7 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     begin = end;
   }
 
-  if (Widen<T>::Element(1, 0) != kLanes) {
-    for (int64_t h = 0; h < heads; ++h) {
-      NaturalOrder(acc + h * dim_v, dim_v, scratch.value_positions,
-                   scratch.row);
-    }
-  }
+  for (int64_t h = 0; h < heads; ++h) ToNaturalOrder<T>(acc + h * dim_v, dim_v);
 }
 
 // Returns the head block for a group of `groups` query heads: the whole
@@ -798,17 +1173,25 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
   const int64_t head_blocks = (problem.group_size + kH - 1) / kH;
   const int64_t query_floats =
       problem.num_kv_heads * head_blocks * kH * problem.head_dim;
+  // Wide head blocks: the logits of whole steps of tokens, the transposed
+  // query, the transposed accumulators, three softmax vectors per head block
+  // and one KV head's widened rows of a tile.
+  const bool wide = kH == kLanes && kLanes >= 4;
+  const int64_t token_blocks =
+      wide ? WideTileRows(max_tile) : (max_tile + kT - 1) / kT;
   const int64_t logits_floats =
-      (max_tile + kT - 1) / kT * problem.num_kv_heads * head_blocks * kLanes;
-  const int64_t row_floats = std::max(problem.head_dim, problem.head_dim_v);
-  // Whole vectors, so that every thread's logits start vector-aligned.
+      token_blocks * problem.num_kv_heads * head_blocks * kLanes;
+  const int64_t blocks = problem.num_kv_heads * head_blocks;
+  const int64_t wide_floats =
+      wide ? query_floats +
+                 WideTileRows(max_tile) *
+                     std::max(problem.head_dim, problem.head_dim_v) +
+                 blocks * (problem.head_dim_v + 3) * kLanes
+           : 0;
+  // Whole vectors, so that every thread's scratch starts vector-aligned.
   const int64_t per_thread =
-      (query_floats + logits_floats + row_floats + kLanes - 1) / kLanes *
+      (query_floats + logits_floats + wide_floats + kLanes - 1) / kLanes *
       kLanes;
-  const std::vector<int32_t> query_positions =
-      KernelPositions<T>(problem.head_dim);
-  const std::vector<int32_t> value_positions =
-      KernelPositions<T>(problem.head_dim_v);
 
   const int64_t num_items = plan.NumWorkItems();
   const int threads = static_cast<int>(
@@ -821,9 +1204,12 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
   for (int t = 0; t < threads; ++t) {
     scratch[t].logits = memory.get() + t * per_thread;
     scratch[t].query = scratch[t].logits + logits_floats;
-    scratch[t].row = scratch[t].query + query_floats;
-    scratch[t].query_positions = query_positions.data();
-    scratch[t].value_positions = value_positions.data();
+    if (wide) {
+      scratch[t].query_t = scratch[t].query + query_floats;
+      scratch[t].acc_t = scratch[t].query_t + query_floats;
+      scratch[t].rows =
+          scratch[t].acc_t + blocks * (problem.head_dim_v + 3) * kLanes;
+    }
   }
   ParallelForWithNext(
       threads, num_items, [&](int64_t item, int64_t next, int thread) {

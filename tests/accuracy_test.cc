@@ -42,9 +42,13 @@ TEST(Accuracy, HeadGroupings) {
     int64_t num_qo_heads;
     int64_t num_kv_heads;
   };
-  // MHA, GQA with G = 2, 4, 7 and 71, and MQA with G = 1... 71.
-  const Grouping groupings[] = {{1, 1},  {4, 4}, {8, 4},  {8, 2},   {32, 8},
-                                {14, 2}, {7, 1}, {71, 1}, {142, 2}, {5, 1}};
+  // MHA, GQA and MQA with every group size that has its own head block
+  // (1, 2, 4, 5, 6, 7, 8, 16), sizes between them, and groups of several
+  // vectors of heads, whole or not.
+  const Grouping groupings[] = {
+      {1, 1},   {4, 4},  {8, 4},  {8, 2},  {32, 8}, {14, 2}, {7, 1},
+      {71, 1},  {142, 2}, {5, 1}, {3, 1},  {12, 2}, {8, 1},  {9, 1},
+      {24, 2},  {16, 1}, {32, 2}, {17, 1}, {32, 1}, {33, 1}, {48, 3}};
   uint64_t seed = 200;
   for (const Grouping& g : groupings) {
     for (DType kv : {DType::kF32, DType::kBF16}) {
@@ -52,6 +56,22 @@ TEST(Accuracy, HeadGroupings) {
       c.Batch(2).Heads(g.num_qo_heads, g.num_kv_heads).Dims(64, 64);
       c.SeqLen(130).DTypes(DType::kF32, kv).Seed(seed++);
       c.Ranges({0, 9}, {130, 77});
+      ExpectMatchesOnAllTargets(c);
+    }
+  }
+}
+
+// Groups of more than 8 heads (heads in vector lanes on wide targets) with
+// every option at once: Dv != D with tails, a window, a soft cap and sinks.
+TEST(Accuracy, LargeGroupsWithEveryOption) {
+  uint64_t seed = 250;
+  for (DType kv : kFloatTypes) {
+    for (DType query : {DType::kF32, DType::kBF16}) {
+      Case c;
+      c.Batch(3).Heads(40, 2).Dims(72, 40).SeqLen(140).DTypes(query, kv);
+      c.Window(90, 3).SoftCap(20.0).Sinks(SinkShape::kPerQoHead, 2, kv);
+      c.BlockSize(seed % 2 ? 32 : 13).Seed(seed++);
+      c.Ranges({0, 30, 139}, {140, 100, 140});
       ExpectMatchesOnAllTargets(c);
     }
   }
