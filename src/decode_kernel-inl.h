@@ -26,10 +26,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <vector>
+
+#if HWY_ARCH_X86
+#include <immintrin.h>
+#endif
 
 #include "hwy/aligned_allocator.h"
 #include "hwy/contrib/math/math-inl.h"
@@ -39,6 +45,21 @@
 #include "src/threading.h"
 
 HWY_BEFORE_NAMESPACE();
+
+// AVX-512 targets may also use AVX512-BF16's vdpbf16ps for bf16 x bf16 dot
+// products, which Highway 1.0 does not offer: the instruction is enabled for
+// their code here and runs only where Bf16DotProductsAllowed() says the CPU
+// has it. GCC emits it only for the intrinsics below.
+#undef RAGGEDATTN_BF16_DOTS
+#if HWY_TARGET <= HWY_AVX3 && HWY_ARCH_X86 && defined(__GNUC__) && \
+    !defined(__clang__)
+#define RAGGEDATTN_BF16_DOTS 1
+#pragma GCC push_options
+#pragma GCC target("avx512bf16")
+#else
+#define RAGGEDATTN_BF16_DOTS 0
+#endif
+
 namespace raggedattn {
 namespace HWY_NAMESPACE {
 
@@ -354,6 +375,55 @@ HWY_INLINE VF BlockDots(const T* const* rows, const float* query,
   }
   return sums;
 }
+
+#if RAGGEDATTN_BF16_DOTS
+// Elements of one vector of bf16 products: pairs of them add into one f32
+// lane.
+inline constexpr int kBf16Lanes = 2 * kLanes;
+
+// Returns acc + the products of a and b (32 bf16 each), adjacent pairs
+// summed into each f32 lane. Products of two bf16 are exact in f32.
+HWY_INLINE VF DotBf16(VF acc, __m512i a, __m512i b) {
+  return VF{_mm512_dpbf16_ps(acc.raw, reinterpret_cast<__m512bh>(a),
+                             reinterpret_cast<__m512bh>(b))};
+}
+
+// BlockDots for a bf16 query and bf16 keys, both in natural order: `query`
+// holds kH rows of dim bf16 (as bits). Rows past a multiple of 32 elements
+// are read with a mask, never past their end.
+template <int kH, int kT, int64_t kDim>
+HWY_INLINE VF BlockDotsBf16(const hwy::bfloat16_t* const* rows,
+                            const uint16_t* query, int64_t runtime_dim) {
+  static_assert(kH * kT <= kLanes, "one lane per dot product");
+  const int64_t dim = kDim != 0 ? kDim : runtime_dim;
+  const DF df;
+  VF acc[kLanes];
+  for (int i = 0; i < kLanes; ++i) acc[i] = hn::Zero(df);
+  int64_t d = 0;
+  for (; d + kBf16Lanes <= dim; d += kBf16Lanes) {
+    __m512i k[kT];
+    for (int t = 0; t < kT; ++t) k[t] = _mm512_loadu_si512(rows[t] + d);
+    for (int h = 0; h < kH; ++h) {
+      const __m512i q = _mm512_loadu_si512(query + h * dim + d);
+      for (int t = 0; t < kT; ++t) {
+        acc[t * kH + h] = DotBf16(acc[t * kH + h], q, k[t]);
+      }
+    }
+  }
+  if (d < dim) {
+    const __mmask32 mask = _cvtu32_mask32((1u << (dim - d)) - 1u);
+    __m512i k[kT];
+    for (int t = 0; t < kT; ++t) k[t] = _mm512_maskz_loadu_epi16(mask, rows[t] + d);
+    for (int h = 0; h < kH; ++h) {
+      const __m512i q = _mm512_maskz_loadu_epi16(mask, query + h * dim + d);
+      for (int t = 0; t < kT; ++t) {
+        acc[t * kH + h] = DotBf16(acc[t * kH + h], q, k[t]);
+      }
+    }
+  }
+  return SumEachVector(acc);
+}
+#endif  // RAGGEDATTN_BF16_DOTS
 
 // ---------------------------------------------------------------------------
 // Working memory.
@@ -673,6 +743,36 @@ void PrepareQuery(const Problem& problem, int64_t b, int64_t head_blocks,
   scratch.query_row = b;
 }
 
+// Fills `out` with batch row b's bf16 query as bits in natural order, in head
+// blocks of kH (heads past the group zero): rows [num_kv_heads, head_blocks,
+// kH, head_dim], or with `pairs` (kH == kLanes) the layout of WideDotsBf16,
+// [num_kv_heads, head_blocks, head_dim / 2, kLanes, 2].
+template <int kH>
+void PrepareQueryBf16(const Problem& problem, int64_t b, int64_t head_blocks,
+                      bool pairs, uint16_t* out) {
+  const int64_t dim = problem.head_dim;
+  const int64_t groups = problem.group_size;
+  const uint16_t* query = static_cast<const uint16_t*>(problem.query);
+  for (int64_t kv = 0; kv < problem.num_kv_heads; ++kv) {
+    for (int64_t slot = 0; slot < head_blocks * kH; ++slot) {
+      const uint16_t* in =
+          slot < groups ? query + b * problem.query_stride_b +
+                              (kv * groups + slot) * problem.query_stride_h
+                        : nullptr;
+      const int64_t block = kv * head_blocks + slot / kH;
+      const int64_t h = slot % kH;
+      for (int64_t d = 0; d < dim; ++d) {
+        const uint16_t bits = slot < groups ? in[d] : 0;
+        if (pairs) {
+          out[block * dim * kH + (d / 2 * kH + h) * 2 + d % 2] = bits;
+        } else {
+          out[(block * kH + h) * dim + d] = bits;
+        }
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Wide head blocks: a whole vector of query heads (groups of more than 8, as
 // in multi-query attention), one head per lane. The dot products then need
@@ -748,6 +848,44 @@ HWY_INLINE void WideDots(const float* query_t, int64_t query_stride,
     }
   }
 }
+
+#if RAGGEDATTN_BF16_DOTS
+// WideDots for a bf16 query and bf16 keys read straight from the cache:
+// `query_pairs` holds kB blocks (query_stride bits apart) of dim / 2
+// vectors, vector j the pairs (q[2j], q[2j + 1]) of kLanes heads; rows[t] is
+// token t's key row, broadcast a pair at a time. dim is even.
+template <int kB, int64_t kDim>
+HWY_INLINE void WideDotsBf16(const uint16_t* query_pairs, int64_t query_stride,
+                             const hwy::bfloat16_t* const* rows,
+                             int64_t runtime_dim, float scale, float* logits,
+                             int64_t block_stride) {
+  const int64_t dim = kDim != 0 ? kDim : runtime_dim;
+  const DF df;
+  VF acc[kB][kWideTokens];
+  for (int b = 0; b < kB; ++b) {
+    for (int t = 0; t < kWideTokens; ++t) acc[b][t] = hn::Zero(df);
+  }
+  for (int64_t d = 0; d < dim; d += 2) {
+    __m512i q[kB];
+    for (int b = 0; b < kB; ++b) {
+      q[b] = _mm512_load_si512(query_pairs + b * query_stride + d * kLanes);
+    }
+    for (int t = 0; t < kWideTokens; ++t) {
+      int32_t pair;
+      std::memcpy(&pair, rows[t] + d, sizeof(pair));
+      const __m512i k = _mm512_set1_epi32(pair);
+      for (int b = 0; b < kB; ++b) acc[b][t] = DotBf16(acc[b][t], q[b], k);
+    }
+  }
+  const VF vscale = hn::Set(df, scale);
+  for (int b = 0; b < kB; ++b) {
+    for (int t = 0; t < kWideTokens; ++t) {
+      hn::Store(hn::Mul(acc[b][t], vscale), df,
+                logits + t * block_stride + b * kLanes);
+    }
+  }
+}
+#endif  // RAGGEDATTN_BF16_DOTS
 
 // acc_t[c] = alpha * acc_t[c] + sum_t p[t] * values[t][c] for kWideColumns
 // columns starting at `column`, kB head blocks and n tokens: `probs` is token
@@ -846,7 +984,7 @@ HWY_INLINE void WideSoftmax(float* logits, int64_t n, int64_t stride,
 }
 
 // RunWorkItem for head blocks of kLanes heads.
-template <typename T, int64_t kDim, int64_t kDimV>
+template <typename T, int64_t kDim, int64_t kDimV, bool kDot>
 void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
                      int64_t next_item, ThreadScratch& scratch,
                      const PartialStates& states) {
@@ -870,7 +1008,15 @@ void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     std::fill(softmax + block * 3 * kLanes + kLanes,
               softmax + block * 3 * kLanes + 3 * kLanes, 0.0f);
   }
-  if (scratch.query_row != chunk.batch) {
+  // With kDot: the query as bf16 pairs (see WideDotsBf16) where the
+  // transposed f32 query would be.
+  uint16_t* query_pairs = reinterpret_cast<uint16_t*>(scratch.query_t);
+  if (kDot && scratch.query_row != chunk.batch) {
+    PrepareQueryBf16<kLanes>(problem, chunk.batch, head_blocks,
+                             /*pairs=*/true, query_pairs);
+    scratch.query_row = chunk.batch;
+  }
+  if (!kDot && scratch.query_row != chunk.batch) {
     PrepareQuery<T, kLanes>(problem, chunk.batch, head_blocks, scratch);
     for (int64_t block = 0; block < all_blocks; ++block) {
       const float* q = scratch.query + block * kLanes * dim;
@@ -916,6 +1062,34 @@ void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
 
     for (int64_t kv = 0; kv < kv_heads; ++kv) {
       prefetcher.Step();
+#if RAGGEDATTN_BF16_DOTS
+      if constexpr (kDot) {
+        const uint16_t* q = query_pairs + kv * head_blocks * dim * kLanes;
+        float* logits = scratch.logits + kv * head_blocks * kLanes;
+        for (int64_t t = 0; t < n; t += kWideTokens) {
+          // Tokens past the tile repeat its last row; softmax reads only n.
+          const hwy::bfloat16_t* rows[kWideTokens];
+          for (int i = 0; i < kWideTokens; ++i) {
+            rows[i] = tile.key + kv * problem.key_stride_h +
+                      std::min<int64_t>(t + i, n - 1) * problem.key_stride_n;
+          }
+          int64_t hb = 0;
+          for (; hb + 2 <= head_blocks; hb += 2) {
+            WideDotsBf16<2, kDim>(q + hb * dim * kLanes, dim * kLanes, rows,
+                                  dim, problem.softmax_scale,
+                                  logits + t * block_stride + hb * kLanes,
+                                  block_stride);
+          }
+          if (hb < head_blocks) {
+            WideDotsBf16<1, kDim>(q + hb * dim * kLanes, dim * kLanes, rows,
+                                  dim, problem.softmax_scale,
+                                  logits + t * block_stride + hb * kLanes,
+                                  block_stride);
+          }
+        }
+        continue;
+      }
+#endif
       WidenTile(tile.key + kv * problem.key_stride_h, problem.key_stride_n, n,
                 dim, scratch.rows);
       const float* q_t = scratch.query_t + kv * head_blocks * dim * kLanes;
@@ -998,13 +1172,13 @@ void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
 // blocks of kH. kDim and kDimV are the head dims when known at compile time,
 // else 0. `next_item` is the item this thread runs next (-1 if none): its
 // first tile is requested during this item's last.
-template <typename T, int kH, int64_t kDim, int64_t kDimV>
+template <typename T, int kH, int64_t kDim, int64_t kDimV, bool kDot>
 void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
                  int64_t next_item, ThreadScratch& scratch,
                  const PartialStates& states) {
   if constexpr (kH == kLanes && kLanes >= 4) {
-    return RunWideWorkItem<T, kDim, kDimV>(problem, plan, item, next_item,
-                                           scratch, states);
+    return RunWideWorkItem<T, kDim, kDimV, kDot>(problem, plan, item,
+                                                 next_item, scratch, states);
   }
   constexpr int kT = kLanes / kH;
   const int64_t dim = kDim != 0 ? kDim : problem.head_dim;
@@ -1024,7 +1198,15 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     sum[h] = 0.0f;
   }
   for (int64_t i = 0; i < heads * dim_v; ++i) acc[i] = 0.0f;
-  PrepareQuery<T, kH>(problem, chunk.batch, head_blocks, scratch);
+  // With kDot: the query as bf16 bits where the f32 query would be.
+  [[maybe_unused]] const uint16_t* query_bits =
+      reinterpret_cast<uint16_t*>(scratch.query);
+  if (kDot && scratch.query_row != chunk.batch) {
+    PrepareQueryBf16<kH>(problem, chunk.batch, head_blocks, /*pairs=*/false,
+                         reinterpret_cast<uint16_t*>(scratch.query));
+    scratch.query_row = chunk.batch;
+  }
+  if (!kDot) PrepareQuery<T, kH>(problem, chunk.batch, head_blocks, scratch);
 
   const int64_t key_row_bytes =
       static_cast<int64_t>(sizeof(T)) *
@@ -1082,8 +1264,17 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
           kv_rows[t] = rows[t] + kv * problem.key_stride_h;
         }
         for (int64_t hb = 0; hb < head_blocks; ++hb) {
-          const float* q = scratch.query + (kv * head_blocks + hb) * kH * dim;
-          const VF dots = BlockDots<kH, kT, kDim>(kv_rows, q, dim);
+          const int64_t first = (kv * head_blocks + hb) * kH * dim;
+          VF dots;
+#if RAGGEDATTN_BF16_DOTS
+          if constexpr (kDot) {
+            dots = BlockDotsBf16<kH, kT, kDim>(kv_rows, query_bits + first,
+                                               dim);
+          } else
+#endif
+          {
+            dots = BlockDots<kH, kT, kDim>(kv_rows, scratch.query + first, dim);
+          }
           hn::Store(hn::Mul(dots, vscale), df,
                     scratch.logits + i * block_stride +
                         (kv * head_blocks + hb) * kLanes);
@@ -1161,9 +1352,9 @@ inline int HeadBlockFor(int64_t groups) {
   return kLanes;
 }
 
-template <typename T, int kH, int64_t kDim, int64_t kDimV>
-void RunPlanAs(const Problem& problem, const Plan& plan,
-               const PartialStates& states) {
+template <typename T, int kH, int64_t kDim, int64_t kDimV, bool kDot>
+void RunPlanWith(const Problem& problem, const Plan& plan,
+                 const PartialStates& states) {
   int64_t max_tile = 1;
   for (const Chunk& chunk : plan.chunks) {
     max_tile =
@@ -1213,9 +1404,28 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
   }
   ParallelForWithNext(
       threads, num_items, [&](int64_t item, int64_t next, int thread) {
-        RunWorkItem<T, kH, kDim, kDimV>(problem, plan, item, next,
-                                        scratch[thread], states);
+        RunWorkItem<T, kH, kDim, kDimV, kDot>(problem, plan, item, next,
+                                              scratch[thread], states);
       });
+}
+
+// RunPlanWith, with bf16 dot products (kDot) for a bf16 query and bf16 KV
+// where the CPU has them. The wide kernel reads key pairs, so it needs an
+// even head_dim.
+template <typename T, int kH, int64_t kDim, int64_t kDimV>
+void RunPlanAs(const Problem& problem, const Plan& plan,
+               const PartialStates& states) {
+#if RAGGEDATTN_BF16_DOTS
+  if constexpr (std::is_same_v<T, hwy::bfloat16_t>) {
+    const bool wide = kH == kLanes;
+    if (problem.query_dtype == DType::kBF16 &&
+        (!wide || problem.head_dim % 2 == 0) && Bf16DotProductsAllowed()) {
+      CountBf16DotProductRun();
+      return RunPlanWith<T, kH, kDim, kDimV, true>(problem, plan, states);
+    }
+  }
+#endif
+  RunPlanWith<T, kH, kDim, kDimV, false>(problem, plan, states);
 }
 
 // Head dims of real models get compile-time loop bounds; others share one
@@ -1276,6 +1486,10 @@ void RunPlanForShape(const Problem& problem, const Plan& plan,
 
 }  // namespace HWY_NAMESPACE
 }  // namespace raggedattn
+
+#if RAGGEDATTN_BF16_DOTS
+#pragma GCC pop_options
+#endif
 HWY_AFTER_NAMESPACE();
 
 #endif  // per-target include guard

@@ -4,6 +4,8 @@
 
 #include "src/decode_kernel.h"
 
+#include <atomic>
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "src/decode_kernel.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -38,6 +40,37 @@ void RunPlan(const Problem& problem, const Plan& plan,
 
 const char* DispatchedTargetName() {
   return HWY_DYNAMIC_DISPATCH(TargetNameForTarget)();
+}
+
+namespace {
+std::atomic<bool> bf16_dots_allowed{true};
+std::atomic<int64_t> bf16_dot_runs{0};
+}  // namespace
+
+bool CpuHasBf16DotProducts() {
+#if HWY_ARCH_X86 && defined(__GNUC__)
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool Bf16DotProductsAllowed() {
+  return CpuHasBf16DotProducts() &&
+         bf16_dots_allowed.load(std::memory_order_relaxed);
+}
+
+void AllowBf16DotProducts(bool allowed) {
+  bf16_dots_allowed.store(allowed, std::memory_order_relaxed);
+}
+
+void CountBf16DotProductRun() {
+  bf16_dot_runs.fetch_add(1, std::memory_order_relaxed);
+}
+
+int64_t Bf16DotProductRuns() {
+  return bf16_dot_runs.load(std::memory_order_relaxed);
 }
 
 }  // namespace raggedattn

@@ -38,6 +38,18 @@ void RunPlanF32(const Problem& problem, const Plan& plan,
 // Returns the name of the SIMD target RunPlan dispatches to.
 const char* DispatchedTargetName();
 
+// Whether the AVX-512 kernels may compute bf16 x bf16 dot products with
+// AVX512-BF16 (vdpbf16ps): the CPU has it and it is allowed. Tests turn it
+// off and on with AllowBf16DotProducts to check both kernels on one CPU;
+// calls must not run meanwhile.
+bool Bf16DotProductsAllowed();
+bool CpuHasBf16DotProducts();
+void AllowBf16DotProducts(bool allowed);
+// Counts the RunPlan calls that used them, so tests can tell which kernel
+// ran.
+void CountBf16DotProductRun();
+int64_t Bf16DotProductRuns();
+
 }  // namespace raggedattn
 
 #endif  // RAGGEDATTN_SRC_DECODE_KERNEL_H_

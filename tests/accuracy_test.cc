@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "raggedattn/raggedattn.h"
+#include "src/decode_kernel.h"
 #include "tests/test_util.h"
 
 namespace raggedattn {
@@ -73,6 +74,46 @@ TEST(Accuracy, LargeGroupsWithEveryOption) {
       c.BlockSize(seed % 2 ? 32 : 13).Seed(seed++);
       c.Ranges({0, 30, 139}, {140, 100, 140});
       ExpectMatchesOnAllTargets(c);
+    }
+  }
+}
+
+// The AVX512-BF16 kernels run for a bf16 query with bf16 KV on a CPU that
+// has the instructions, and only then, and match the reference like the
+// f32 kernels.
+TEST(Accuracy, Bf16DotProductsRunAndMatch) {
+  if (!CpuHasBf16DotProducts()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  struct Shape {
+    int64_t num_qo_heads, num_kv_heads, head_dim;
+  };
+  // Narrow head blocks (with tails past 32 elements) and wide ones; an odd
+  // head_dim keeps wide blocks on the f32 kernel.
+  const Shape shapes[] = {{32, 8, 128}, {28, 4, 72}, {8, 2, 17},
+                          {71, 1, 64},  {40, 2, 66}, {40, 2, 65}};
+  uint64_t seed = 280;
+  for (const Shape& shape : shapes) {
+    for (DType query : {DType::kBF16, DType::kF32}) {
+      Case c;
+      c.Batch(2).Heads(shape.num_qo_heads, shape.num_kv_heads);
+      c.Dims(shape.head_dim, 64).SeqLen(100).Seed(seed++);
+      c.DTypes(query, DType::kBF16).Ranges({0, 7}, {100, 60});
+      const Inputs inputs = MakeInputs(c);
+      const reference::Result expected = Reference(c, inputs);
+      const bool applies = query == DType::kBF16 &&
+                           (shape.num_qo_heads / shape.num_kv_heads <= 8 ||
+                            shape.head_dim % 2 == 0);
+      ASSERT_TRUE(Bf16DotProductsAllowed());
+      const int64_t before = Bf16DotProductRuns();
+      const Outputs with = RunLibrary(c, inputs);
+      EXPECT_EQ(Bf16DotProductRuns() - before, applies ? 1 : 0)
+          << c.Describe();
+      AllowBf16DotProducts(false);
+      const Outputs without = RunLibrary(c, inputs);
+      AllowBf16DotProducts(true);
+      EXPECT_EQ(Bf16DotProductRuns() - before, applies ? 1 : 0)
+          << c.Describe();
+      ExpectMatches(c, inputs, expected, with);
+      ExpectMatches(c, inputs, expected, without);
     }
   }
 }

@@ -9,6 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "hwy/targets.h"
+#include "src/decode_kernel.h"
 #include "src/dtype.h"
 
 namespace raggedattn {
@@ -359,6 +360,15 @@ class ForcedTarget {
 
 }  // namespace
 
+// Turns the AVX512-BF16 dot products off for a scope, and on again after.
+class NoBf16DotProducts {
+ public:
+  NoBf16DotProducts() { AllowBf16DotProducts(false); }
+  ~NoBf16DotProducts() { AllowBf16DotProducts(true); }
+  NoBf16DotProducts(const NoBf16DotProducts&) = delete;
+  NoBf16DotProducts& operator=(const NoBf16DotProducts&) = delete;
+};
+
 void ForEachTarget(const std::function<void()>& body) {
   const std::vector<int64_t> targets = AllTargets();
   ASSERT_FALSE(targets.empty());
@@ -369,6 +379,13 @@ void ForEachTarget(const std::function<void()>& body) {
     // Without this the loop could run one target five times unnoticed.
     ASSERT_STREQ(active_simd_target(), name);
     body();
+    // AVX-512 targets on a CPU with AVX512-BF16 have a second kernel for
+    // bf16 x bf16 dot products; the run above used it where it applies.
+    if (target <= HWY_AVX3 && CpuHasBf16DotProducts()) {
+      SCOPED_TRACE("without AVX512-BF16 dot products");
+      const NoBf16DotProducts off;
+      body();
+    }
   }
 }
 
