@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,6 +56,7 @@ struct CliResult {
   int status = -1;  // exit status, or 128 + signal
   std::string out;
   std::string err;
+  int64_t max_rss_bytes = 0;  // the process's peak resident set
 };
 
 std::string ReadText(const std::string& path) {
@@ -250,8 +252,10 @@ CliResult RunCli(const std::vector<std::string>& args,
     return result;
   }
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  struct rusage usage = {};
+  while (::wait4(pid, &status, 0, &usage) < 0 && errno == EINTR) {
   }
+  result.max_rss_bytes = static_cast<int64_t>(usage.ru_maxrss) * 1024;
   result.status =
       WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   result.out = ReadText(out_path);
@@ -427,6 +431,62 @@ TEST_F(CliTest, EmptyBatchIsValid) {
   const CliResult result = RunOn({});
   ASSERT_EQ(result.status, 0) << result.err;
   ExpectOutputFile(output_, inputs, {});
+}
+
+// The bound on `run`: peak memory within the input file, the output
+// and 64 MiB. The input is mapped, so its pages count once they are read.
+TEST_F(CliTest, PeakMemoryIsInputPlusOutputPlus64MiB) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer's shadow memory and quarantine add to it";
+#else
+  // 256 MiB of bf16 KV: 4 rows of 16384 tokens, 8 KV heads of 128. A child
+  // process writes it: the CLI's peak as the kernel reports it includes the
+  // peak of the process it was spawned from, which must stay small.
+  const pid_t writer = ::fork();
+  ASSERT_GE(writer, 0);
+  if (writer == 0) {
+    constexpr int64_t kB = 4, kS = 16384, kHkv = 8, kHq = 32, kD = 128;
+    Inputs inputs;
+    inputs.query = MakeBuffer(DType::kBF16, {kB, kHq, kD});
+    inputs.key = MakeBuffer(DType::kBF16, {kB, kS, kHkv, kD});
+    inputs.value = MakeBuffer(DType::kBF16, {kB, kS, kHkv, kD});
+    // Values of many signs and exponents, cheaply: the bits of an LCG with
+    // each bf16's exponent kept below 2.
+    for (Buffer* buffer : {&inputs.query, &inputs.key, &inputs.value}) {
+      uint32_t x = 12345;
+      for (uint32_t& word : buffer->words) {
+        x = x * 1664525u + 1013904223u;
+        word = x & ~0x40004000u;
+      }
+    }
+    const int32_t starts[kB] = {0, 0, 100, 16000};
+    const int32_t ends[kB] = {16384, 8000, 16384, 16384};
+    inputs.sequence_start = Int32Buffer(starts, kB);
+    inputs.sequence_end = Int32Buffer(ends, kB);
+    safetensors::WriteFile(input_, inputs.Named());
+    ::_exit(0);
+  }
+  int written = -1;
+  while (::waitpid(writer, &written, 0) < 0 && errno == EINTR) {
+  }
+  ASSERT_TRUE(WIFEXITED(written) && WEXITSTATUS(written) == 0);
+
+  const CliResult result = RunOn({"--threads", "2"});
+  ASSERT_EQ(result.status, 0) << result.err;
+  struct stat input_info, output_info;
+  ASSERT_EQ(::stat(input_.c_str(), &input_info), 0);
+  ASSERT_EQ(::stat(output_.c_str(), &output_info), 0);
+  const int64_t bound = static_cast<int64_t>(input_info.st_size) +
+                        static_cast<int64_t>(output_info.st_size) +
+                        (int64_t{64} << 20);
+  EXPECT_LE(result.max_rss_bytes, bound)
+      << "peak " << (result.max_rss_bytes >> 20) << " MiB, input "
+      << (input_info.st_size >> 20) << " MiB";
+  // The attended rows were read (and only they: 41052 of 65536 tokens): a
+  // bound met by not reading would prove nothing.
+  const int64_t attended_bytes = int64_t{41052} * 8 * 128 * 2 * 2;
+  EXPECT_GE(result.max_rss_bytes, attended_bytes);
+#endif
 }
 
 TEST_F(CliTest, RowsThatAttendToNothing) {
