@@ -47,7 +47,7 @@ constexpr int kCheckedRows = 2;
 constexpr const char* kBenchFooter =
     R"(Each case draws sequence lengths uniformly from [context/2, context]
 (batch 1: exactly context) and fills query, key and value with random normal
-values rounded to bf16. By default the cases of a run rotate through copies of
+values rounded to --dtype. By default the cases of a run rotate through copies of
 their KV cache totalling at least 1 GiB, more than the last-level cache, so
 every call reads from memory; --small uses one copy of smaller caches that
 stay in cache. Without --context and --batch the Llama-3-8B preset adds a
@@ -60,8 +60,8 @@ kernel's calls; "FMA peak" (query groups >= 16) is the kernel's flops,
 2 * (head_dim + head_dim_v) per query head and attended token, over the best
 rate of an f32 FMA loop on the same threads, also run between the calls; "max
 err" and "lse err" compare two sampled rows (of long rows, a random run of KV
-heads) with the float64 reference (bounds: 8e-3 and 1e-4). Exit status 1 when
-an error exceeds its bound.)";
+heads) with the float64 reference (bounds: 8e-3 for bf16, 2e-3 for f16, 3e-5
+for f32, and 1e-4). Exit status 1 when an error exceeds its bound.)";
 
 struct BenchArguments {
   std::vector<std::string> presets;
@@ -70,7 +70,15 @@ struct BenchArguments {
   std::vector<int64_t> batches;
   bool small = false;
   double seconds_per_case = 0.4;
+  std::string dtype = "bf16";  // of query, key and value
 };
+
+// Returns the DType named bf16, f16 or f32 (CLI11 has checked the name).
+DType DTypeNamed(const std::string& name) {
+  if (name == "f16") return DType::kF16;
+  if (name == "f32") return DType::kF32;
+  return DType::kBF16;
+}
 
 // One row of the table.
 struct BenchCase {
@@ -145,6 +153,7 @@ std::vector<BenchCase> MakeSuite(const BenchArguments& args,
     c.spec.min_length = min_length;
     c.spec.max_length = max_length;
     c.spec.num_threads = num_threads;
+    c.spec.dtype = DTypeNamed(args.dtype);
     // The same case gets the same lengths and data whatever else runs.
     c.spec.seed = CaseSeed(preset.name, batch, min_length, max_length);
     c.lengths = min_length == max_length ? std::to_string(max_length)
@@ -375,10 +384,11 @@ int RunBench(const BenchArguments& args) {
                  memory / (1 << 30));
     return kExitBadInput;
   }
-  std::fprintf(stderr, "generating %.2f GiB of random bf16 ...\n",
-               static_cast<double>(pool_bytes) / (1 << 30));
+  const DType dtype = DTypeNamed(args.dtype);
+  std::fprintf(stderr, "generating %.2f GiB of random %s ...\n",
+               static_cast<double>(pool_bytes) / (1 << 30), DTypeName(dtype));
   const Clock::time_point generate = Clock::now();
-  const bench::RandomPool pool(DType::kBF16, pool_bytes, 42, cores);
+  const bench::RandomPool pool(dtype, pool_bytes, 42, cores);
   std::fprintf(stderr, "generated in %.1f s\n",
                std::chrono::duration<double>(Clock::now() - generate).count());
 
@@ -388,9 +398,9 @@ int RunBench(const BenchArguments& args) {
   }
   std::printf(
       "raggedattn bench: SIMD target %s (probes %s), threads %s of %d "
-      "cores, query/KV bf16, %s\n",
+      "cores, query/KV %s, %s\n",
       active_simd_target(), bench::ProbeTargetName(), thread_list.c_str(),
-      cores,
+      cores, DTypeName(dtype),
       args.small ? "one copy per case (in-cache working sets)"
                  : "working set >= 1 GiB per case (from memory)");
   PrintTableHeader();
@@ -414,7 +424,7 @@ int RunBench(const BenchArguments& args) {
         Measure(workload, probe_fma, fma_iterations, args.seconds_per_case);
     PrintRow(c, workload, m);
     const bool bad =
-        !(m.error.output <= reference::OutputTolerance(DType::kBF16)) ||
+        !(m.error.output <= reference::OutputTolerance(dtype)) ||
         !(m.error.lse <= reference::kLseTolerance);
     if (bad) {
       std::fprintf(stderr,
@@ -465,6 +475,11 @@ std::function<int()> AddBenchCommand(CLI::App& app) {
   bench->add_flag("--small", args->small,
                   "One copy of each case's KV and smaller default contexts: "
                   "in-cache working sets instead of memory-bound ones");
+  bench
+      ->add_option("--dtype", args->dtype,
+                   "Type of query, key and value: bf16, f16 or f32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "f16", "f32"}));
   bench
       ->add_option("--seconds", args->seconds_per_case,
                    "Time spent timing each case (at least 5 calls)")
