@@ -550,11 +550,12 @@ constexpr int ValueColumns(int heads) {
 inline constexpr int kMaxValueHeads = kVectorRegisters >= 32 ? 8 : 4;
 
 // Tokens of one step of the value pass for head blocks of kH: whole token
-// blocks of the logits, at least 16 so that loading and storing the
-// accumulators is shared by enough FMAs (measured in cache, one thread:
-// 16 tokens run Llama-3-8B and Qwen2.5-7B 10 to 15% faster than 4).
+// blocks of the logits, at least 8 so that loading and storing the
+// accumulators is shared by enough FMAs. (Measured with bench, one thread:
+// 8 tokens run Llama-3-8B 5 to 10% faster than 4 both in cache and from
+// memory; 16 run faster still in cache but not from memory.)
 constexpr int ValueTokens(int heads_per_block) {
-  return kLanes / heads_per_block > 16 ? kLanes / heads_per_block : 16;
+  return kLanes / heads_per_block > 8 ? kLanes / heads_per_block : 8;
 }
 
 // One step of the value pass for kHv heads and kC column vectors (kC == 1:
@@ -601,16 +602,20 @@ HWY_INLINE void ValueStep(const T* const* rows, int64_t column,
 }
 
 // ValueStep over every column of kHv heads: blocks of kC vectors, then
-// single pairs, a natural vector, and scalar columns.
+// single pairs, a natural vector, and scalar columns. Each block of kC
+// columns first takes a step of `prefetcher`, which spreads the next tile's
+// requests over the value pass about as evenly as over the logits.
 template <int kHv, int kTokens, int64_t kDimV, typename T>
 HWY_INLINE void HeadValues(const T* const* rows, const float* const* weights,
                            int64_t weight_offset, int tokens,
-                           int64_t runtime_dim_v, float* acc) {
+                           int64_t runtime_dim_v, float* acc,
+                           RowPrefetcher& prefetcher) {
   constexpr int kC = ValueColumns(kHv);
   const int64_t dim_v = kDimV != 0 ? kDimV : runtime_dim_v;
   const int64_t pair_end = dim_v / kPair * kPair;
   int64_t d = 0;
   for (; d + kC * kLanes <= pair_end; d += kC * kLanes) {
+    prefetcher.Step();
     ValueStep<kHv, kC, kTokens>(rows, d, weights, weight_offset, tokens,
                                 acc + d, dim_v);
   }
@@ -639,20 +644,21 @@ template <int kTokens, int64_t kDimV, typename T>
 HWY_INLINE void SomeHeadValues(int64_t heads, const T* const* rows,
                                const float* const* weights,
                                int64_t weight_offset, int tokens,
-                               int64_t dim_v, float* acc) {
+                               int64_t dim_v, float* acc,
+                               RowPrefetcher& prefetcher) {
   switch (heads) {
     case 1:
       return HeadValues<1, kTokens, kDimV>(rows, weights, weight_offset,
-                                           tokens, dim_v, acc);
+                                           tokens, dim_v, acc, prefetcher);
     case 2:
       return HeadValues<2, kTokens, kDimV>(rows, weights, weight_offset,
-                                           tokens, dim_v, acc);
+                                           tokens, dim_v, acc, prefetcher);
     case 3:
       return HeadValues<3, kTokens, kDimV>(rows, weights, weight_offset,
-                                           tokens, dim_v, acc);
+                                           tokens, dim_v, acc, prefetcher);
     case 4:
       return HeadValues<4, kTokens, kDimV>(rows, weights, weight_offset,
-                                           tokens, dim_v, acc);
+                                           tokens, dim_v, acc, prefetcher);
     default:
       break;
   }
@@ -660,16 +666,16 @@ HWY_INLINE void SomeHeadValues(int64_t heads, const T* const* rows,
     switch (heads) {
       case 5:
         return HeadValues<5, kTokens, kDimV>(rows, weights, weight_offset,
-                                             tokens, dim_v, acc);
+                                             tokens, dim_v, acc, prefetcher);
       case 6:
         return HeadValues<6, kTokens, kDimV>(rows, weights, weight_offset,
-                                             tokens, dim_v, acc);
+                                             tokens, dim_v, acc, prefetcher);
       case 7:
         return HeadValues<7, kTokens, kDimV>(rows, weights, weight_offset,
-                                             tokens, dim_v, acc);
+                                             tokens, dim_v, acc, prefetcher);
       default:
         return HeadValues<8, kTokens, kDimV>(rows, weights, weight_offset,
-                                             tokens, dim_v, acc);
+                                             tokens, dim_v, acc, prefetcher);
     }
   }
 }
@@ -1250,8 +1256,16 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
       const Chunk& next = plan.chunks[next_item];
       following = TileAt<T>(problem, plan, next, next.begin);
     }
-    // One step per (token block, KV head) of either pass.
-    const int64_t steps = kv_heads * (blocks + value_steps);
+    // One step per (token block, KV head) of the logits and per block of
+    // value columns (HeadValues) of the value pass.
+    constexpr int kValueHeads = kH < kMaxValueHeads ? kH : kMaxValueHeads;
+    const int64_t column_steps =
+        std::max<int64_t>(1, dim_v / (ValueColumns(kValueHeads) * kLanes));
+    const int64_t value_blocks =
+        head_blocks * ((std::min<int64_t>(kH, groups) + kValueHeads - 1) /
+                       kValueHeads);
+    const int64_t steps =
+        kv_heads * (blocks + value_steps * value_blocks * column_steps);
     RowPrefetcher prefetcher;
     prefetcher.keys = RowStream(
         following.key, problem.key_stride_n * static_cast<int64_t>(sizeof(T)),
@@ -1327,7 +1341,6 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
                      token % kT * kH;
       }
       for (int64_t kv = 0; kv < kv_heads; ++kv) {
-        prefetcher.Step();
         const T* kv_rows[kTv];
         for (int t = 0; t < kTv; ++t) {
           kv_rows[t] = rows[t] + kv * problem.value_stride_h;
@@ -1341,10 +1354,10 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
             float* out = acc + (first_head + h) * dim_v;
             if (tokens == kTv) {
               SomeHeadValues<kTv, kDimV>(some, kv_rows, weights, offset,
-                                         tokens, dim_v, out);
+                                         tokens, dim_v, out, prefetcher);
             } else {
               SomeHeadValues<0, kDimV>(some, kv_rows, weights, offset, tokens,
-                                       dim_v, out);
+                                       dim_v, out, prefetcher);
             }
           }
         }
