@@ -34,7 +34,8 @@ using Clock = std::chrono::steady_clock;
 
 // The L3 of this class of machine holds 480 MiB and reads slow down past
 // about 100 MiB, so a gibibyte per case keeps every call reading memory.
-constexpr size_t kLargeWorkingSet = size_t{1} << 30;
+// --working-set changes it, e.g. to check that a larger one reads the same.
+constexpr int64_t kDefaultWorkingSetMiB = 1024;
 
 // Query groups at least this large do enough arithmetic per KV byte that
 // the FMA units, not memory, may limit the kernel.
@@ -47,10 +48,10 @@ constexpr int kCheckedRows = 2;
 constexpr const char* kBenchFooter =
     R"(Each case draws sequence lengths uniformly from [context/2, context]
 (batch 1: exactly context) and fills query, key and value with random normal
-values rounded to --dtype. By default the cases of a run rotate through copies of
-their KV cache totalling at least 1 GiB, more than the last-level cache, so
-every call reads from memory; --small uses one copy of smaller caches that
-stay in cache. Without --context and --batch the Llama-3-8B preset adds a
+values rounded to --dtype. By default the cases of a run rotate through
+copies of their KV cache totalling at least --working-set MiB (1 GiB), more
+than the last-level cache, so every call reads from memory; --small uses one
+copy of smaller caches that stay in cache. Without --context and --batch the Llama-3-8B preset adds a
 serving mix (batch 64, lengths 1..4096) and a single-token call.
 
 Columns: ms/call is the median over the case's calls; GB/s counts key and
@@ -71,6 +72,7 @@ struct BenchArguments {
   bool small = false;
   double seconds_per_case = 0.4;
   std::string dtype = "bf16";  // of query, key and value
+  int64_t working_set_mib = kDefaultWorkingSetMiB;
 };
 
 // Returns the DType named bf16, f16 or f32 (CLI11 has checked the name).
@@ -365,7 +367,8 @@ int RunBench(const BenchArguments& args) {
   std::vector<int> threads = args.threads;
   if (threads.empty()) threads = {cores};
   const std::vector<BenchCase> suite = MakeSuite(args, presets, threads);
-  const size_t min_working_set = args.small ? 0 : kLargeWorkingSet;
+  const size_t min_working_set =
+      args.small ? 0 : static_cast<size_t>(args.working_set_mib) << 20;
 
   // One pool of random bf16 serves every case: the largest case's needs.
   size_t pool_bytes = 0;
@@ -392,6 +395,12 @@ int RunBench(const BenchArguments& args) {
   std::fprintf(stderr, "generated in %.1f s\n",
                std::chrono::duration<double>(Clock::now() - generate).count());
 
+  char working_set[64] = "one copy per case (in-cache working sets)";
+  if (!args.small) {
+    std::snprintf(working_set, sizeof(working_set),
+                  "working set >= %lld MiB per case (from memory)",
+                  static_cast<long long>(args.working_set_mib));
+  }
   std::string thread_list;
   for (const int t : threads) {
     thread_list += (thread_list.empty() ? "" : ",") + std::to_string(t);
@@ -400,9 +409,7 @@ int RunBench(const BenchArguments& args) {
       "raggedattn bench: SIMD target %s (probes %s), threads %s of %d "
       "cores, query/KV %s, %s\n",
       active_simd_target(), bench::ProbeTargetName(), thread_list.c_str(),
-      cores, DTypeName(dtype),
-      args.small ? "one copy per case (in-cache working sets)"
-                 : "working set >= 1 GiB per case (from memory)");
+      cores, DTypeName(dtype), working_set);
   PrintTableHeader();
 
   bool any_error = false;
@@ -475,6 +482,12 @@ std::function<int()> AddBenchCommand(CLI::App& app) {
   bench->add_flag("--small", args->small,
                   "One copy of each case's KV and smaller default contexts: "
                   "in-cache working sets instead of memory-bound ones");
+  bench
+      ->add_option("--working-set", args->working_set_mib,
+                   "MiB of KV copies each case rotates through (without "
+                   "--small)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 24));
   bench
       ->add_option("--dtype", args->dtype,
                    "Type of query, key and value: bf16, f16 or f32")
