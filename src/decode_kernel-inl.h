@@ -2,18 +2,25 @@
 // query head. Compiled once per SIMD target and KV dtype through the files
 // CMake generates from decode_kernel_dtype.cc.in.
 //
-// Layout of the work, per tile of block_size tokens:
+// Layout of the work, per tile of block_size tokens, for groups of up to 8
+// query heads per KV head (RunWorkItem):
 //   1. logits: the query heads of a KV head are cut into head blocks of kH
 //      heads; kT = lanes / kH tokens go with them, so one block computes
 //      kH * kT dot products at once and one shuffle tree reduces all of them
 //      into a single vector (lane t * kH + h: token t, head h);
 //   2. softmax on those vectors as they are, per head via their lane;
-//   3. values: per KV head, a few heads times a few column vectors kept in
-//      registers while the tile's value rows stream past.
+//   3. values: in address order, a few tokens at a time, each widened value
+//      vector serving every head of its KV head.
+// Larger groups put one head in each lane instead (RunWideWorkItem), which
+// needs no reduction at all. Throughout, the next tile's rows are requested
+// while this one computes.
+//
 // bf16 and f16 rows widen in registers two vectors at a time; for bf16 the
 // two vectors hold the even and the odd elements (a shift and a mask, no
 // shuffle), so the query and the accumulators use that order too and are
-// put back in natural order once per work item.
+// put back in natural order once per work item. On CPUs with AVX512-BF16, a
+// bf16 query and bf16 keys skip the widening for the logits: vdpbf16ps
+// multiplies the raw pairs.
 
 // Per-target include guard, as Highway requires.
 #if defined(RAGGEDATTN_SRC_DECODE_KERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
