@@ -57,6 +57,10 @@ HWY_BEFORE_NAMESPACE();
 // products, which Highway 1.0 does not offer: the instruction is enabled for
 // their code here and runs only where Bf16DotProductsAllowed() says the CPU
 // has it. GCC emits it only for the intrinsics below.
+#ifndef RAGGEDATTN_SPECIALIZE_HEAD_DIMS
+#define RAGGEDATTN_SPECIALIZE_HEAD_DIMS 1
+#endif
+
 #undef RAGGEDATTN_BF16_DOTS
 #if HWY_TARGET <= HWY_AVX3 && HWY_ARCH_X86 && defined(__GNUC__) && \
     !defined(__clang__)
@@ -1468,6 +1472,7 @@ void RunPlanAs(const Problem& problem, const Plan& plan,
 template <typename T, int kH>
 void RunPlanForDims(const Problem& problem, const Plan& plan,
                     const PartialStates& states) {
+#if RAGGEDATTN_SPECIALIZE_HEAD_DIMS  // see CMakeLists.txt
   if (problem.head_dim == problem.head_dim_v) {
     switch (problem.head_dim) {
       case 64:
@@ -1480,6 +1485,7 @@ void RunPlanForDims(const Problem& problem, const Plan& plan,
         break;
     }
   }
+#endif
   RunPlanAs<T, kH, 0, 0>(problem, plan, states);
 }
 
