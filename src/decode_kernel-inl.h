@@ -478,6 +478,21 @@ struct ThreadScratch {
 // ---------------------------------------------------------------------------
 // Softmax.
 
+// Caps `count` vectors of logits, `stride` floats apart, to
+// soft_cap * tanh(x / soft_cap); soft_cap <= 0 leaves them.
+HWY_INLINE void ApplySoftCap(float* logits, int64_t count, int64_t stride,
+                             float soft_cap) {
+  if (!(soft_cap > 0.0f)) return;
+  const DF df;
+  const VF cap = hn::Set(df, soft_cap);
+  const VF inv_cap = hn::Set(df, 1.0f / soft_cap);
+  for (int64_t i = 0; i < count; ++i) {
+    float* p = logits + i * stride;
+    hn::Store(hn::Mul(cap, hn::Tanh(df, hn::Mul(hn::Load(df, p), inv_cap))),
+              df, p);
+  }
+}
+
 // Turns the logits of one (KV head, head block) of a tile into probabilities
 // relative to the updated running max of each head, and returns in alpha[h]
 // the factor that rescales head h's accumulator to that max. `logits` is the
@@ -489,15 +504,7 @@ HWY_INLINE void BlockSoftmax(float* logits, int64_t blocks, int64_t stride,
                              float soft_cap, float* max, float* sum,
                              float* alpha) {
   const DF df;
-  if (soft_cap > 0.0f) {
-    const VF cap = hn::Set(df, soft_cap);
-    const VF inv_cap = hn::Set(df, 1.0f / soft_cap);
-    for (int64_t i = 0; i < blocks; ++i) {
-      float* p = logits + i * stride;
-      const VF x = hn::Load(df, p);
-      hn::Store(hn::Mul(cap, hn::Tanh(df, hn::Mul(x, inv_cap))), df, p);
-    }
-  }
+  ApplySoftCap(logits, blocks, stride, soft_cap);
   if (last_tokens < kT) {
     // The last block's missing tokens repeat a real row; they must weigh 0.
     HWY_ALIGN float lane_token[kLanes];
@@ -741,6 +748,39 @@ HWY_INLINE void WidenRow(const void* base, int64_t offset, int64_t n,
   for (; d < n; ++d) out[d] = Widen<Q>::Scalar(in + d);
 }
 
+// Returns the prefetcher of the rows that follow the tile ending at `end` of
+// `chunk`: the chunk's next tile, or else the first tile of the thread's next
+// item (next_item, -1 if none), requested over about `steps` steps. Memory
+// fetches them into L2 while this tile computes, so that the core rarely
+// waits on it.
+template <typename T>
+RowPrefetcher NextTilePrefetcher(const Problem& problem, const Plan& plan,
+                                 const Chunk& chunk, int64_t end,
+                                 int64_t next_item, int64_t steps) {
+  TileRows<T> following;
+  if (end < chunk.end) {
+    following = TileAt<T>(problem, plan, chunk, end);
+  } else if (next_item >= 0) {
+    const Chunk& next = plan.chunks[next_item];
+    following = TileAt<T>(problem, plan, next, next.begin);
+  }
+  const int64_t size = static_cast<int64_t>(sizeof(T));
+  // A token's rows of every KV head, from the first to the end of the last.
+  const int64_t key_row_bytes =
+      size * ((problem.num_kv_heads - 1) * problem.key_stride_h +
+              problem.head_dim);
+  const int64_t value_row_bytes =
+      size * ((problem.num_kv_heads - 1) * problem.value_stride_h +
+              problem.head_dim_v);
+  RowPrefetcher prefetcher;
+  prefetcher.keys = RowStream(following.key, problem.key_stride_n * size,
+                              key_row_bytes, following.rows, steps);
+  prefetcher.values = RowStream(following.value,
+                                problem.value_stride_n * size,
+                                value_row_bytes, following.rows, steps);
+  return prefetcher;
+}
+
 // Fills the thread's query scratch with batch row b's query, in kernel order
 // for T, in head blocks of kH (heads past the group zero).
 template <typename T, int kH>
@@ -848,6 +888,31 @@ HWY_INLINE void WidenTile(const T* first, int64_t stride, int64_t rows,
   std::fill(out + rows * dim, out + WideTileRows(rows) * dim, 0.0f);
 }
 
+// Stores scale * acc[b][t] as token t's logits of head block b.
+template <int kB>
+HWY_INLINE void StoreWideLogits(const VF (&acc)[kB][kWideTokens], float scale,
+                                float* logits, int64_t block_stride) {
+  const DF df;
+  const VF vscale = hn::Set(df, scale);
+  for (int b = 0; b < kB; ++b) {
+    for (int t = 0; t < kWideTokens; ++t) {
+      hn::Store(hn::Mul(acc[b][t], vscale), df,
+                logits + t * block_stride + b * kLanes);
+    }
+  }
+}
+
+// Calls body(kB, hb) for head blocks [hb, hb + kB): pairs (kB == 2, which
+// share each row element between two blocks), then a last single block.
+template <class Body>
+HWY_INLINE void ForHeadBlockPairs(int64_t head_blocks, const Body& body) {
+  int64_t hb = 0;
+  for (; hb + 2 <= head_blocks; hb += 2) {
+    body(std::integral_constant<int, 2>(), hb);
+  }
+  if (hb < head_blocks) body(std::integral_constant<int, 1>(), hb);
+}
+
 // logits[t][b] = scale * dot(query block b, key row t) for kWideTokens
 // tokens and kB head blocks: `query_t` points at kB transposed blocks
 // (query_stride floats apart), `keys` at the first widened row, `logits` at
@@ -872,13 +937,7 @@ HWY_INLINE void WideDots(const float* query_t, int64_t query_stride,
       for (int b = 0; b < kB; ++b) acc[b][t] = hn::MulAdd(q[b], k, acc[b][t]);
     }
   }
-  const VF vscale = hn::Set(df, scale);
-  for (int b = 0; b < kB; ++b) {
-    for (int t = 0; t < kWideTokens; ++t) {
-      hn::Store(hn::Mul(acc[b][t], vscale), df,
-                logits + t * block_stride + b * kLanes);
-    }
-  }
+  StoreWideLogits<kB>(acc, scale, logits, block_stride);
 }
 
 #if RAGGEDATTN_BF16_DOTS
@@ -909,13 +968,7 @@ HWY_INLINE void WideDotsBf16(const uint16_t* query_pairs, int64_t query_stride,
       for (int b = 0; b < kB; ++b) acc[b][t] = DotBf16(acc[b][t], q[b], k);
     }
   }
-  const VF vscale = hn::Set(df, scale);
-  for (int b = 0; b < kB; ++b) {
-    for (int t = 0; t < kWideTokens; ++t) {
-      hn::Store(hn::Mul(acc[b][t], vscale), df,
-                logits + t * block_stride + b * kLanes);
-    }
-  }
+  StoreWideLogits<kB>(acc, scale, logits, block_stride);
 }
 #endif  // RAGGEDATTN_BF16_DOTS
 
@@ -980,15 +1033,7 @@ HWY_INLINE void WideValuesTail(const float* probs, int64_t block_stride,
 HWY_INLINE void WideSoftmax(float* logits, int64_t n, int64_t stride,
                             float soft_cap, float* state) {
   const DF df;
-  if (soft_cap > 0.0f) {
-    const VF cap = hn::Set(df, soft_cap);
-    const VF inv_cap = hn::Set(df, 1.0f / soft_cap);
-    for (int64_t t = 0; t < n; ++t) {
-      float* p = logits + t * stride;
-      hn::Store(hn::Mul(cap, hn::Tanh(df, hn::Mul(hn::Load(df, p), inv_cap))),
-                df, p);
-    }
-  }
+  ApplySoftCap(logits, n, stride, soft_cap);
   const VF neg_inf = hn::Set(df, kNegInf);
   VF tile_max = neg_inf;
   for (int64_t t = 0; t < n; ++t) {
@@ -1061,12 +1106,6 @@ void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     }
   }
 
-  const int64_t key_row_bytes =
-      static_cast<int64_t>(sizeof(T)) *
-      ((kv_heads - 1) * problem.key_stride_h + dim);
-  const int64_t value_row_bytes =
-      static_cast<int64_t>(sizeof(T)) *
-      ((kv_heads - 1) * problem.value_stride_h + dim_v);
   // Floats between tokens of the logits scratch: one vector per head block.
   const int64_t block_stride = all_blocks * kLanes;
   const int64_t column_end = dim_v / kWideColumns * kWideColumns;
@@ -1075,22 +1114,9 @@ void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     const TileRows<T> tile = TileAt<T>(problem, plan, chunk, begin);
     const int64_t n = tile.rows;
     const int64_t end = begin + n;
-    TileRows<T> following;
-    if (end < chunk.end) {
-      following = TileAt<T>(problem, plan, chunk, end);
-    } else if (next_item >= 0) {
-      const Chunk& next = plan.chunks[next_item];
-      following = TileAt<T>(problem, plan, next, next.begin);
-    }
     // One step per KV head of either pass.
-    RowPrefetcher prefetcher;
-    prefetcher.keys = RowStream(
-        following.key, problem.key_stride_n * static_cast<int64_t>(sizeof(T)),
-        key_row_bytes, following.rows, 2 * kv_heads);
-    prefetcher.values = RowStream(
-        following.value,
-        problem.value_stride_n * static_cast<int64_t>(sizeof(T)),
-        value_row_bytes, following.rows, 2 * kv_heads);
+    RowPrefetcher prefetcher = NextTilePrefetcher<T>(
+        problem, plan, chunk, end, next_item, 2 * kv_heads);
 
     for (int64_t kv = 0; kv < kv_heads; ++kv) {
       prefetcher.Step();
@@ -1105,19 +1131,12 @@ void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
             rows[i] = tile.key + kv * problem.key_stride_h +
                       std::min<int64_t>(t + i, n - 1) * problem.key_stride_n;
           }
-          int64_t hb = 0;
-          for (; hb + 2 <= head_blocks; hb += 2) {
-            WideDotsBf16<2, kDim>(q + hb * dim * kLanes, dim * kLanes, rows,
-                                  dim, problem.softmax_scale,
-                                  logits + t * block_stride + hb * kLanes,
-                                  block_stride);
-          }
-          if (hb < head_blocks) {
-            WideDotsBf16<1, kDim>(q + hb * dim * kLanes, dim * kLanes, rows,
-                                  dim, problem.softmax_scale,
-                                  logits + t * block_stride + hb * kLanes,
-                                  block_stride);
-          }
+          ForHeadBlockPairs(head_blocks, [&](auto blocks, int64_t hb) {
+            WideDotsBf16<decltype(blocks)::value, kDim>(
+                q + hb * dim * kLanes, dim * kLanes, rows, dim,
+                problem.softmax_scale, logits + t * block_stride + hb * kLanes,
+                block_stride);
+          });
         }
         continue;
       }
@@ -1127,19 +1146,12 @@ void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
       const float* q_t = scratch.query_t + kv * head_blocks * dim * kLanes;
       float* logits = scratch.logits + kv * head_blocks * kLanes;
       for (int64_t t = 0; t < n; t += kWideTokens) {
-        int64_t hb = 0;
-        for (; hb + 2 <= head_blocks; hb += 2) {
-          WideDots<2, kDim>(q_t + hb * dim * kLanes, dim * kLanes,
-                            scratch.rows + t * dim, dim, problem.softmax_scale,
-                            logits + t * block_stride + hb * kLanes,
-                            block_stride);
-        }
-        if (hb < head_blocks) {
-          WideDots<1, kDim>(q_t + hb * dim * kLanes, dim * kLanes,
-                            scratch.rows + t * dim, dim, problem.softmax_scale,
-                            logits + t * block_stride + hb * kLanes,
-                            block_stride);
-        }
+        ForHeadBlockPairs(head_blocks, [&](auto blocks, int64_t hb) {
+          WideDots<decltype(blocks)::value, kDim>(
+              q_t + hb * dim * kLanes, dim * kLanes, scratch.rows + t * dim,
+              dim, problem.softmax_scale,
+              logits + t * block_stride + hb * kLanes, block_stride);
+        });
       }
     }
 
@@ -1156,22 +1168,15 @@ void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
       const float* probs = scratch.logits + kv * head_blocks * kLanes;
       float* acc_t = scratch.acc_t + kv * head_blocks * dim_v * kLanes;
       const float* state = softmax + kv * head_blocks * 3 * kLanes;
-      int64_t hb = 0;
-      for (; hb + 2 <= head_blocks; hb += 2) {
+      ForHeadBlockPairs(head_blocks, [&](auto blocks, int64_t hb) {
         for (int64_t c = 0; c < column_end; c += kWideColumns) {
-          WideValues<2>(probs + hb * kLanes, block_stride, scratch.rows,
-                        dim_v, n, c, state + hb * 3 * kLanes + 2 * kLanes,
-                        acc_t + hb * dim_v * kLanes, dim_v * kLanes);
+          WideValues<decltype(blocks)::value>(
+              probs + hb * kLanes, block_stride, scratch.rows, dim_v, n, c,
+              state + hb * 3 * kLanes + 2 * kLanes,
+              acc_t + hb * dim_v * kLanes, dim_v * kLanes);
         }
-      }
-      if (hb < head_blocks) {
-        for (int64_t c = 0; c < column_end; c += kWideColumns) {
-          WideValues<1>(probs + hb * kLanes, block_stride, scratch.rows,
-                        dim_v, n, c, state + hb * 3 * kLanes + 2 * kLanes,
-                        acc_t + hb * dim_v * kLanes, dim_v * kLanes);
-        }
-      }
-      for (hb = 0; hb < head_blocks && column_end < dim_v; ++hb) {
+      });
+      for (int64_t hb = 0; hb < head_blocks && column_end < dim_v; ++hb) {
         WideValuesTail(probs + hb * kLanes, block_stride, scratch.rows, dim_v,
                        n, column_end, state + hb * 3 * kLanes + 2 * kLanes,
                        acc_t + hb * dim_v * kLanes);
@@ -1240,12 +1245,6 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
   }
   if (!kDot) PrepareQuery<T, kH>(problem, chunk.batch, head_blocks, scratch);
 
-  const int64_t key_row_bytes =
-      static_cast<int64_t>(sizeof(T)) *
-      ((kv_heads - 1) * problem.key_stride_h + dim);
-  const int64_t value_row_bytes =
-      static_cast<int64_t>(sizeof(T)) *
-      ((kv_heads - 1) * problem.value_stride_h + dim_v);
   // Floats between token blocks of the logits scratch.
   const int64_t block_stride = kv_heads * head_blocks * kLanes;
   constexpr int kTv = ValueTokens(kH);
@@ -1258,15 +1257,6 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     const int64_t last_tokens = n - (blocks - 1) * kT;
     const int64_t value_steps = (n + kTv - 1) / kTv;
 
-    // The tile after this one, which memory fetches into L2 while this one
-    // computes, so that the core rarely waits on memory.
-    TileRows<T> following;
-    if (end < chunk.end) {
-      following = TileAt<T>(problem, plan, chunk, end);
-    } else if (next_item >= 0) {
-      const Chunk& next = plan.chunks[next_item];
-      following = TileAt<T>(problem, plan, next, next.begin);
-    }
     // One step per (token block, KV head) of the logits and per block of
     // value columns (HeadValues) of the value pass.
     constexpr int kValueHeads = kH < kMaxValueHeads ? kH : kMaxValueHeads;
@@ -1277,14 +1267,8 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
                        kValueHeads);
     const int64_t steps =
         kv_heads * (blocks + value_steps * value_blocks * column_steps);
-    RowPrefetcher prefetcher;
-    prefetcher.keys = RowStream(
-        following.key, problem.key_stride_n * static_cast<int64_t>(sizeof(T)),
-        key_row_bytes, following.rows, steps);
-    prefetcher.values = RowStream(
-        following.value,
-        problem.value_stride_n * static_cast<int64_t>(sizeof(T)),
-        value_row_bytes, following.rows, steps);
+    RowPrefetcher prefetcher = NextTilePrefetcher<T>(problem, plan, chunk, end,
+                                                     next_item, steps);
 
     // Logits, token blocks in address order. Missing tokens of the last
     // block repeat its last real row, which is attended; BlockSoftmax gives
