@@ -75,10 +75,20 @@ struct BenchArguments {
   int64_t working_set_mib = kDefaultWorkingSetMiB;
 };
 
-// Returns the DType named bf16, f16 or f32 (CLI11 has checked the name).
+// The dtypes --dtype takes, by the library's names for them (DTypeName).
+constexpr DType kBenchDTypes[] = {DType::kBF16, DType::kF16, DType::kF32};
+
+std::vector<std::string> BenchDTypeNames() {
+  std::vector<std::string> names;
+  for (const DType dtype : kBenchDTypes) names.push_back(DTypeName(dtype));
+  return names;
+}
+
+// Returns the dtype of --dtype (CLI11 has checked the name).
 DType DTypeNamed(const std::string& name) {
-  if (name == "f16") return DType::kF16;
-  if (name == "f32") return DType::kF32;
+  for (const DType dtype : kBenchDTypes) {
+    if (name == DTypeName(dtype)) return dtype;
+  }
   return DType::kBF16;
 }
 
@@ -134,7 +144,7 @@ uint64_t CaseSeed(const std::string& name, int64_t batch, int64_t min_length,
 // Returns the cases of the run in table order: per thread count and preset,
 // every context and batch, plus Llama-3-8B's serving mix and single token
 // when the grid is the default one.
-std::vector<BenchCase> MakeSuite(const BenchArguments& args,
+std::vector<BenchCase> MakeSuite(const BenchArguments& args, DType dtype,
                                  const std::vector<bench::Preset>& presets,
                                  const std::vector<int>& threads) {
   const bool default_grid = args.contexts.empty() && args.batches.empty();
@@ -155,7 +165,7 @@ std::vector<BenchCase> MakeSuite(const BenchArguments& args,
     c.spec.min_length = min_length;
     c.spec.max_length = max_length;
     c.spec.num_threads = num_threads;
-    c.spec.dtype = DTypeNamed(args.dtype);
+    c.spec.dtype = dtype;
     // The same case gets the same lengths and data whatever else runs.
     c.spec.seed = CaseSeed(preset.name, batch, min_length, max_length);
     c.lengths = min_length == max_length ? std::to_string(max_length)
@@ -366,11 +376,13 @@ int RunBench(const BenchArguments& args) {
   const int cores = AvailableCores();
   std::vector<int> threads = args.threads;
   if (threads.empty()) threads = {cores};
-  const std::vector<BenchCase> suite = MakeSuite(args, presets, threads);
+  const DType dtype = DTypeNamed(args.dtype);
+  const std::vector<BenchCase> suite =
+      MakeSuite(args, dtype, presets, threads);
   const size_t min_working_set =
       args.small ? 0 : static_cast<size_t>(args.working_set_mib) << 20;
 
-  // One pool of random bf16 serves every case: the largest case's needs.
+  // One pool of random values serves every case: the largest case's needs.
   size_t pool_bytes = 0;
   for (const BenchCase& c : suite) {
     pool_bytes =
@@ -387,7 +399,6 @@ int RunBench(const BenchArguments& args) {
                  memory / (1 << 30));
     return kExitBadInput;
   }
-  const DType dtype = DTypeNamed(args.dtype);
   std::fprintf(stderr, "generating %.2f GiB of random %s ...\n",
                static_cast<double>(pool_bytes) / (1 << 30), DTypeName(dtype));
   const Clock::time_point generate = Clock::now();
@@ -492,7 +503,7 @@ std::function<int()> AddBenchCommand(CLI::App& app) {
       ->add_option("--dtype", args->dtype,
                    "Type of query, key and value: bf16, f16 or f32")
       ->capture_default_str()
-      ->check(CLI::IsMember({"bf16", "f16", "f32"}));
+      ->check(CLI::IsMember(BenchDTypeNames()));
   bench
       ->add_option("--seconds", args->seconds_per_case,
                    "Time spent timing each case (at least 5 calls)")
