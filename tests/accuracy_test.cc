@@ -107,9 +107,10 @@ TEST(Accuracy, Bf16DotProductsRunAndMatch) {
       const Outputs with = RunLibrary(c, inputs);
       EXPECT_EQ(Bf16DotProductRuns() - before, applies ? 1 : 0)
           << c.Describe();
-      AllowBf16DotProducts(false);
-      const Outputs without = RunLibrary(c, inputs);
-      AllowBf16DotProducts(true);
+      const Outputs without = [&] {
+        const NoBf16DotProducts off;
+        return RunLibrary(c, inputs);
+      }();
       EXPECT_EQ(Bf16DotProductRuns() - before, applies ? 1 : 0)
           << c.Describe();
       ExpectMatches(c, inputs, expected, with);

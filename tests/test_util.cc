@@ -360,15 +360,6 @@ class ForcedTarget {
 
 }  // namespace
 
-// Turns the AVX512-BF16 dot products off for a scope, and on again after.
-class NoBf16DotProducts {
- public:
-  NoBf16DotProducts() { AllowBf16DotProducts(false); }
-  ~NoBf16DotProducts() { AllowBf16DotProducts(true); }
-  NoBf16DotProducts(const NoBf16DotProducts&) = delete;
-  NoBf16DotProducts& operator=(const NoBf16DotProducts&) = delete;
-};
-
 void ForEachTarget(const std::function<void()>& body) {
   const std::vector<int64_t> targets = AllTargets();
   ASSERT_FALSE(targets.empty());

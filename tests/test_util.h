@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "raggedattn/raggedattn.h"
+#include "src/decode_kernel.h"
 #include "src/reference/reference.h"
 
 namespace raggedattn {
@@ -226,6 +227,15 @@ void ExpectMatchesOnAllTargets(const Case& c, const Inputs& inputs);
 inline void ExpectMatchesOnAllTargets(const Case& c) {
   ExpectMatchesOnAllTargets(c, MakeInputs(c));
 }
+
+// Turns the AVX512-BF16 dot products off for a scope, and on again after.
+class NoBf16DotProducts {
+ public:
+  NoBf16DotProducts() { AllowBf16DotProducts(false); }
+  ~NoBf16DotProducts() { AllowBf16DotProducts(true); }
+  NoBf16DotProducts(const NoBf16DotProducts&) = delete;
+  NoBf16DotProducts& operator=(const NoBf16DotProducts&) = delete;
+};
 
 // Returns the SIMD targets this build has and this CPU runs.
 std::vector<int64_t> AllTargets();
