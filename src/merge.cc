@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "src/dtype.h"
+#include "src/output_row.h"
 #include "src/threading.h"
 
 namespace raggedattn {
@@ -75,8 +76,8 @@ void MergeHead(const Problem& problem, const RowPlan& row, int64_t b,
       for (int64_t d = 0; d < dim_v; ++d) row_out[d] += weight * out[d];
     }
   }
-  StoreRowFromF32(row_out, dim_v, problem.output, problem.query_dtype,
-                  out_offset);
+  StoreOutputRow(row_out, dim_v, problem.output, problem.query_dtype,
+                 out_offset);
   if (problem.lse != nullptr) {
     problem.lse[b * problem.lse_stride_b + head * problem.lse_stride_h] =
         static_cast<float>(max == kNegInf ? kNegInf

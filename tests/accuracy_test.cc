@@ -11,6 +11,8 @@
 #include "gtest/gtest.h"
 #include "raggedattn/raggedattn.h"
 #include "src/decode_kernel.h"
+#include "src/dtype.h"
+#include "src/output_row.h"
 #include "tests/test_util.h"
 
 namespace raggedattn {
@@ -453,6 +455,48 @@ TEST(Accuracy, RandomSweep) {
     SCOPED_TRACE(c.Describe());
     ExpectMatchesOnAllTargets(c);
   }
+}
+
+// The output rows' vector rounding to bf16 and f16 against the scalar
+// rounding, on every target: random bit patterns (so every exponent, NaN,
+// inf and subnormal), then the boundaries that rounding gets wrong first.
+TEST(Accuracy, OutputRoundingMatchesScalarOnEveryTarget) {
+  std::vector<float> values;
+  std::mt19937 rng(7);
+  for (int i = 0; i < 20000; ++i) values.push_back(F32FromBits(rng()));
+  for (const uint32_t bits :
+       {0x00000000u, 0x80000000u, 0x00000001u, 0x007FFFFFu, 0x3F808000u,
+        0x3F818000u, 0x3F80FFFFu, 0x7F7FFFFFu, 0x7F800000u, 0xFF800000u,
+        0x7FC00000u, 0x7F800001u, 0xFFFFFFFFu, 0x477FEFFFu, 0x477FF000u,
+        0x38800000u, 0x387FFFFFu, 0x33800000u, 0x33000000u, 0x33000001u,
+        0x3F801000u, 0x3F803000u, 0x3F802FFFu}) {
+    values.push_back(F32FromBits(bits));
+  }
+  // Odd sizes and offsets reach the scalar tails of every vector width.
+  const int64_t n = static_cast<int64_t>(values.size()) - 3;
+  test::ForEachTarget([&] {
+    for (const DType dtype : {DType::kBF16, DType::kF16}) {
+      std::vector<uint16_t> out(values.size() + 5, 0xABCDu);
+      StoreOutputRow(values.data() + 3, n, out.data(), dtype, 5);
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = values[i + 3];
+        const uint16_t got = out[i + 5];
+        if (std::isnan(x)) {
+          const float back = dtype == DType::kBF16 ? F32FromBF16Bits(got)
+                                                   : F32FromF16Bits(got);
+          ASSERT_TRUE(std::isnan(back)) << DTypeName(dtype) << " " << i;
+          continue;
+        }
+        const uint16_t want = dtype == DType::kBF16 ? BF16BitsFromF32(x)
+                                                    : F16BitsFromF32(x);
+        ASSERT_EQ(got, want) << DTypeName(dtype) << " of bits 0x" << std::hex
+                             << BitsFromF32(x);
+      }
+      // Nothing written outside the row.
+      for (int i = 0; i < 5; ++i) ASSERT_EQ(out[i], 0xABCDu);
+      ASSERT_EQ(out[n + 5], 0xABCDu);
+    }
+  });
 }
 
 }  // namespace
