@@ -40,12 +40,14 @@ void StoreBF16Row(const float* in, int64_t n, uint16_t* out) {
   for (; i + lanes <= n; i += lanes) {
     const auto bits = hn::BitCast(du32, hn::LoadU(df, in + i));
     const auto high = hn::ShiftRight<16>(bits);
-    const auto rounded = hn::ShiftRight<16>(hn::Add(
-        hn::Add(bits, hn::Set(du32, 0x7FFFu)), hn::And(high, hn::Set(du32, 1u))));
+    const auto bias =
+        hn::Add(hn::Set(du32, 0x7FFFu), hn::And(high, hn::Set(du32, 1u)));
+    const auto rounded = hn::ShiftRight<16>(hn::Add(bits, bias));
     // |bits| > inf's bits, compared as signed: both are below 2^31.
-    const auto is_nan = hn::RebindMask(
-        du32, hn::Gt(hn::BitCast(di32, hn::And(bits, hn::Set(du32, 0x7FFFFFFFu))),
-                     hn::Set(di32, 0x7F800000)));
+    const auto magnitude =
+        hn::BitCast(di32, hn::And(bits, hn::Set(du32, 0x7FFFFFFFu)));
+    const auto is_nan =
+        hn::RebindMask(du32, hn::Gt(magnitude, hn::Set(di32, 0x7F800000)));
     const auto result =
         hn::IfThenElse(is_nan, hn::Or(high, hn::Set(du32, 0x0040u)), rounded);
     // Every lane is in [0, 0xFFFF], so the saturating narrowing is exact.

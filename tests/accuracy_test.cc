@@ -461,9 +461,8 @@ TEST(Accuracy, RandomSweep) {
 // rounding, on every target: random bit patterns (so every exponent, NaN,
 // inf and subnormal), then the boundaries that rounding gets wrong first.
 TEST(Accuracy, OutputRoundingMatchesScalarOnEveryTarget) {
-  std::vector<float> values;
-  std::mt19937 rng(7);
-  for (int i = 0; i < 20000; ++i) values.push_back(F32FromBits(rng()));
+  // Three values before the row, so that it starts at an odd offset.
+  std::vector<float> values(3, 1.0f);
   for (const uint32_t bits :
        {0x00000000u, 0x80000000u, 0x00000001u, 0x007FFFFFu, 0x3F808000u,
         0x3F818000u, 0x3F80FFFFu, 0x7F7FFFFFu, 0x7F800000u, 0xFF800000u,
@@ -472,7 +471,9 @@ TEST(Accuracy, OutputRoundingMatchesScalarOnEveryTarget) {
         0x3F801000u, 0x3F803000u, 0x3F802FFFu}) {
     values.push_back(F32FromBits(bits));
   }
-  // Odd sizes and offsets reach the scalar tails of every vector width.
+  std::mt19937 rng(7);
+  for (int i = 0; i < 20000; ++i) values.push_back(F32FromBits(rng()));
+  // 20023 values: every vector width also leaves a scalar tail.
   const int64_t n = static_cast<int64_t>(values.size()) - 3;
   test::ForEachTarget([&] {
     for (const DType dtype : {DType::kBF16, DType::kF16}) {
@@ -481,10 +482,9 @@ TEST(Accuracy, OutputRoundingMatchesScalarOnEveryTarget) {
       for (int64_t i = 0; i < n; ++i) {
         const float x = values[i + 3];
         const uint16_t got = out[i + 5];
-        if (std::isnan(x)) {
-          const float back = dtype == DType::kBF16 ? F32FromBF16Bits(got)
-                                                   : F32FromF16Bits(got);
-          ASSERT_TRUE(std::isnan(back)) << DTypeName(dtype) << " " << i;
+        // F16C keeps more of a NaN's payload than the scalar rounding.
+        if (dtype == DType::kF16 && std::isnan(x)) {
+          ASSERT_TRUE(std::isnan(F32FromF16Bits(got))) << i;
           continue;
         }
         const uint16_t want = dtype == DType::kBF16 ? BF16BitsFromF32(x)
