@@ -580,11 +580,15 @@ constexpr int ValueTokens(int heads_per_block) {
 // one vector in natural order; otherwise kC / 2 widened pairs):
 // acc[h][c] += sum_t weights[t][h] * rows[t][c] over `tokens` tokens
 // (kTokens when it is known at compile time). Each widened value vector
-// serves every head.
+// serves every head. Not inlined: inside the work item GCC ran out of
+// vector registers and stored each loaded value vector to the stack to
+// widen it from there; on its own the step keeps everything in registers
+// (bf16 in cache, one thread: 5 to 10% faster for Llama-3-8B, Qwen2.5-7B
+// and Mistral-7B).
 template <int kHv, int kC, int kTokens, typename T>
-HWY_INLINE void ValueStep(const T* const* rows, int64_t column,
-                          const float* const* weights, int64_t weight_offset,
-                          int tokens, float* acc, int64_t acc_stride) {
+HWY_NOINLINE void ValueStep(const T* const* rows, int64_t column,
+                            const float* const* weights, int64_t weight_offset,
+                            int tokens, float* acc, int64_t acc_stride) {
   static_assert(kC == 1 || kC % 2 == 0, "pairs or one natural vector");
   const DF df;
   const int count = kTokens != 0 ? kTokens : tokens;
