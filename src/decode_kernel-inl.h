@@ -1266,9 +1266,10 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     // head block of the softmax: the requests must keep flowing while no
     // row is read, or memory idles, and a head block's softmax takes about
     // as long as three logits steps. (Measured with bench from memory,
-    // against no steps in the softmax: one thread, Llama-3-8B and
-    // Mistral-7B 65-67% -> 68-71% of read bandwidth, Gemma-2-9B 54-56% ->
-    // 58-61%; two threads 79-82% -> 81-85%; 3 and 6 did alike, 1 less.)
+    // against no steps in the softmax: one thread, Llama-3-8B 64-65% ->
+    // 67-70% of read bandwidth, Mistral-7B 65-66% -> 68-70%, Gemma-2-9B
+    // 54% -> 59-60%; two threads, Llama-3-8B 78-81% -> 82-84%. Six steps
+    // did as well as three, one less well.)
     constexpr int kSoftmaxSteps = 3;
     constexpr int kValueHeads = kH < kMaxValueHeads ? kH : kMaxValueHeads;
     const int64_t column_steps =
