@@ -32,8 +32,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The L3 of this class of machine holds 480 MiB and reads slow down past
-// about 100 MiB, so a gibibyte per case keeps every call reading memory.
+// The last-level cache of this class of machine holds up to 480 MiB (some
+// have 32 MiB), and reads slow down past about 100 MiB, so a gibibyte per
+// case keeps every call reading memory.
 // --working-set changes it, e.g. to check that a larger one reads the same.
 constexpr int64_t kDefaultWorkingSetMiB = 1024;
 
@@ -51,8 +52,9 @@ constexpr const char* kBenchFooter =
 values rounded to --dtype. By default the cases of a run rotate through
 copies of their KV cache totalling at least --working-set MiB (1 GiB), more
 than the last-level cache, so every call reads from memory; --small uses one
-copy of smaller caches that stay in cache. Without --context and --batch the Llama-3-8B preset adds a
-serving mix (batch 64, lengths 1..4096) and a single-token call.
+copy of smaller caches that stay in cache. Without --context and --batch
+the Llama-3-8B preset adds a serving mix (batch 64, lengths 1..4096) and a
+single-token call.
 
 Columns: ms/call is the median over the case's calls; GB/s counts key and
 value bytes of attended tokens only; "read bw" is that rate over the rate of a
