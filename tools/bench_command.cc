@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "hwy/targets.h"
 #include "raggedattn/raggedattn.h"
 #include "src/reference/reference.h"
 #include "tools/commands.h"
@@ -75,6 +76,7 @@ struct BenchArguments {
   double seconds_per_case = 0.4;
   std::string dtype = "bf16";  // of query, key and value
   int64_t working_set_mib = kDefaultWorkingSetMiB;
+  std::string simd;  // a SIMD target to run instead of the best; "" = best
 };
 
 // The dtypes --dtype takes, by the library's names for them (DTypeName).
@@ -371,8 +373,28 @@ std::vector<bench::Preset> SelectPresets(const BenchArguments& args) {
   return selected;
 }
 
+// Makes the kernel and the probes run `name`'s code (Highway's target name,
+// e.g. AVX2), which this build must have and this CPU must run. Returns
+// false, with a message, otherwise.
+bool ForceSimdTarget(const std::string& name) {
+  hwy::SetSupportedTargetsForTest(0);
+  std::string names;
+  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    if (name == hwy::TargetName(target)) {
+      hwy::SetSupportedTargetsForTest(target);
+      return true;
+    }
+    names += (names.empty() ? "" : ", ") + std::string(hwy::TargetName(target));
+  }
+  std::fprintf(stderr,
+               "error: --simd %s: this build and CPU run only %s\n",
+               name.c_str(), names.c_str());
+  return false;
+}
+
 int RunBench(const BenchArguments& args) {
   const Clock::time_point start = Clock::now();
+  if (!args.simd.empty() && !ForceSimdTarget(args.simd)) return kExitBadInput;
   const std::vector<bench::Preset> presets = SelectPresets(args);
   if (presets.empty()) return kExitBadInput;
   const int cores = AvailableCores();
@@ -506,6 +528,9 @@ std::function<int()> AddBenchCommand(CLI::App& app) {
                    "Type of query, key and value: bf16, f16 or f32")
       ->capture_default_str()
       ->check(CLI::IsMember(BenchDTypeNames()));
+  bench->add_option("--simd", args->simd,
+                    "SIMD target to run instead of the best this CPU has, "
+                    "by Highway's name (e.g. AVX2, SSE4, AVX3)");
   bench
       ->add_option("--seconds", args->seconds_per_case,
                    "Time spent timing each case (at least 5 calls)")
