@@ -284,11 +284,14 @@ inline constexpr int64_t kRetryLines = 128;
 // same kernel with and without the second request, 2 threads: Llama-3-8B
 // 83-84% of read bandwidth -> 88%, Mistral-7B 82-85% -> 86-89%, Gemma-2-9B
 // 74-75% -> 80-83%; 1 thread, Gemma-2-9B 54% -> 57-59%. 32, 128 and 512
-// lines back did about equally well.) Prefetches never fault, so requesting
-// lines outside the attended range (past it, or before a run for the second
-// request) is harmless; they are never read.
-HWY_INLINE void RequestLine(const char* line) {
+// lines back did about equally well.) The wide kernel, bound by its
+// arithmetic, runs 5 to 8% slower with the second request and goes without
+// (`retry` false). Prefetches never fault, so requesting lines outside the
+// attended range (past it, or before a run for the second request) is
+// harmless; they are never read.
+HWY_INLINE void RequestLine(const char* line, bool retry = true) {
   __builtin_prefetch(line, /*rw=*/0, /*locality=*/2);
+  if (!retry) return;
   // Address arithmetic in integers: the line may precede the tensor.
   __builtin_prefetch(
       reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(line) -
@@ -349,8 +352,10 @@ class TilePrefetcher {
 
   TilePrefetcher() = default;
   // Spreads the lines of `keys`, then `values`, over about `ticks` Tick()s.
-  TilePrefetcher(const Rows& keys, const Rows& values, int64_t ticks)
-      : rows_{keys, values} {
+  // `retry`: request each line twice (see RequestLine).
+  TilePrefetcher(const Rows& keys, const Rows& values, int64_t ticks,
+                 bool retry)
+      : rows_{keys, values}, retry_(retry) {
     int64_t lines = 0;
     for (Rows& rows : rows_) {
       // Rows that follow each other without a gap are one run of bytes.
@@ -406,7 +411,7 @@ class TilePrefetcher {
         if (!NextRun()) return;
         line = next_;
       }
-      RequestLine(line);
+      RequestLine(line, retry_);
       line += kLine;
     }
     next_ = line;
@@ -438,6 +443,7 @@ class TilePrefetcher {
   const char* end_ = nullptr;   // one past the current row
   int64_t rate_ = 0;
   int64_t credit_ = 0;
+  bool retry_ = true;
 };
 
 // ---------------------------------------------------------------------------
@@ -881,13 +887,15 @@ HWY_INLINE void WidenRow(const void* base, int64_t offset, int64_t n,
 
 // Returns the prefetcher of the rows that follow the tile ending at `end` of
 // `chunk`: the chunk's next tile, or else the first tile of the thread's next
-// item (next_item, -1 if none), requested over about `ticks` ticks. Memory
+// item (next_item, -1 if none), requested over about `ticks` ticks, each line
+// twice if `retry` (see RequestLine). Memory
 // fetches them into L2 while this tile computes, so that the core rarely
 // waits on it.
 template <typename T>
 TilePrefetcher NextTilePrefetcher(const Problem& problem, const Plan& plan,
                                   const Chunk& chunk, int64_t end,
-                                  int64_t next_item, int64_t ticks) {
+                                  int64_t next_item, int64_t ticks,
+                                  bool retry) {
   TileRows<T> following;
   if (end < chunk.end) {
     following = TileAt<T>(problem, plan, chunk, end);
@@ -909,7 +917,7 @@ TilePrefetcher NextTilePrefetcher(const Problem& problem, const Plan& plan,
   values.bytes = size * ((problem.num_kv_heads - 1) * problem.value_stride_h +
                          problem.head_dim_v);
   values.count = following.rows;
-  return TilePrefetcher(keys, values, ticks);
+  return TilePrefetcher(keys, values, ticks, retry);
 }
 
 // Fills the thread's query scratch with batch row b's query, in kernel order
@@ -1245,8 +1253,8 @@ void RunWideWorkItem(const Problem& problem, const Plan& plan, int64_t item,
     const int64_t n = tile.rows;
     const int64_t end = begin + n;
     // One tick per KV head of either pass.
-    TilePrefetcher prefetcher = NextTilePrefetcher<T>(problem, plan, chunk, end,
-                                                      next_item, 2 * kv_heads);
+    TilePrefetcher prefetcher = NextTilePrefetcher<T>(
+        problem, plan, chunk, end, next_item, 2 * kv_heads, /*retry=*/false);
 
     for (int64_t kv = 0; kv < kv_heads; ++kv) {
       prefetcher.Tick();
@@ -1404,7 +1412,8 @@ void RunWorkItem(const Problem& problem, const Plan& plan, int64_t item,
                     head_blocks * SoftmaxTicks(blocks, problem.soft_cap) +
                     n * value_calls);
     TilePrefetcher prefetcher =
-        NextTilePrefetcher<T>(problem, plan, chunk, end, next_item, ticks);
+        NextTilePrefetcher<T>(problem, plan, chunk, end, next_item, ticks,
+                              /*retry=*/true);
 
     // Logits, token blocks in address order. Missing tokens of the last
     // block repeat its last real row, which is attended; BlockSoftmax gives
