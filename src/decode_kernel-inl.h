@@ -905,19 +905,20 @@ TilePrefetcher NextTilePrefetcher(const Problem& problem, const Plan& plan,
   }
   const int64_t size = static_cast<int64_t>(sizeof(T));
   // A token's rows of every KV head, from the first to the end of the last.
-  TilePrefetcher::Rows keys;
-  keys.first = reinterpret_cast<const char*>(following.key);
-  keys.stride = problem.key_stride_n * size;
-  keys.bytes = size * ((problem.num_kv_heads - 1) * problem.key_stride_h +
-                       problem.head_dim);
-  keys.count = following.rows;
-  TilePrefetcher::Rows values;
-  values.first = reinterpret_cast<const char*>(following.value);
-  values.stride = problem.value_stride_n * size;
-  values.bytes = size * ((problem.num_kv_heads - 1) * problem.value_stride_h +
-                         problem.head_dim_v);
-  values.count = following.rows;
-  return TilePrefetcher(keys, values, ticks, retry);
+  const auto token_rows = [&](const T* first, int64_t stride_n,
+                              int64_t stride_h, int64_t dim) {
+    TilePrefetcher::Rows rows;
+    rows.first = reinterpret_cast<const char*>(first);
+    rows.stride = stride_n * size;
+    rows.bytes = size * ((problem.num_kv_heads - 1) * stride_h + dim);
+    rows.count = following.rows;
+    return rows;
+  };
+  return TilePrefetcher(token_rows(following.key, problem.key_stride_n,
+                                   problem.key_stride_h, problem.head_dim),
+                        token_rows(following.value, problem.value_stride_n,
+                                   problem.value_stride_h, problem.head_dim_v),
+                        ticks, retry);
 }
 
 // Fills the thread's query scratch with batch row b's query, in kernel order
