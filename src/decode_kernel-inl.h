@@ -278,17 +278,17 @@ inline constexpr int64_t kRetryLines = 128;
 
 // Requests `line` into L2, and again the line kRetryLines before it, so
 // every line is requested twice: once in its turn and once about a hundred
-// lines later. Prefetches that find no free miss buffer seem to be dropped,
-// and a dropped line is later read on demand, one miss at a time; the
-// second request catches most of them. (Measured with bench from memory,
-// same kernel with and without the second request, 2 threads: Llama-3-8B
-// 83-84% of read bandwidth -> 88%, Mistral-7B 82-85% -> 86-89%, Gemma-2-9B
-// 74-75% -> 80-83%; 1 thread, Gemma-2-9B 54% -> 57-59%. 32, 128 and 512
-// lines back did about equally well.) The wide kernel, bound by its
-// arithmetic, runs 5 to 8% slower with the second request and goes without
-// (`retry` false). Prefetches never fault, so requesting lines outside the
-// attended range (past it, or before a run for the second request) is
-// harmless; they are never read.
+// lines later. A repeated request can only help if the first one did not
+// bring the line, so prefetches that find no free miss buffer seem to be
+// dropped, and such a line would later be read on demand, one miss at a
+// time. (Measured with bench from memory, same kernel with and without the
+// second request, 2 threads: Llama-3-8B 83-84% of read bandwidth -> 88%,
+// Mistral-7B 82-85% -> 86-89%, Gemma-2-9B 74-75% -> 80-83%; 1 thread,
+// Gemma-2-9B 54% -> 57-59%. 32, 128 and 512 lines back did about equally
+// well.) The wide kernel, bound by its arithmetic, runs 5 to 8% slower with
+// the second request and goes without (`retry` false). Prefetches never
+// fault, so requesting lines outside the attended range (past it, or before
+// a run for the second request) is harmless; they are never read.
 HWY_INLINE void RequestLine(const char* line, bool retry = true) {
   __builtin_prefetch(line, /*rw=*/0, /*locality=*/2);
   if (!retry) return;
