@@ -373,9 +373,9 @@ class TilePrefetcher {
     rate_ = ticks > 0 ? (lines * kUnit + ticks - 1) / ticks : lines * kUnit;
   }
 
-  // Requests the share of the lines of `ticks` ticks.
-  HWY_INLINE void Tick(int64_t ticks = 1) {
-    credit_ += rate_ * ticks;
+  // Requests one tick's share of the lines.
+  HWY_INLINE void Tick() {
+    credit_ += rate_;
     if (credit_ >= kUnit) {
       const int64_t lines = credit_ / kUnit;
       credit_ %= kUnit;
