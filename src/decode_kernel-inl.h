@@ -299,10 +299,12 @@ HWY_INLINE void RequestLine(const char* line, bool retry = true) {
       /*rw=*/0, /*locality=*/2);
 }
 
-// `lines` consecutive cache lines from `first`.
+// `lines` consecutive cache lines from `first`, each to be requested twice
+// if `retry` (see RequestLine).
 struct LineRun {
   const char* first = nullptr;
   int64_t lines = 0;
+  bool retry = true;
 };
 
 // Requests the lines of a LineRun in `steps` nearly equal parts, one part
@@ -313,22 +315,24 @@ class LineDrip {
   HWY_INLINE LineDrip(const LineRun& run, int64_t steps)
       : line_(run.first),
         end_(run.first + run.lines * kLine),
-        per_step_(steps > 0 ? (run.lines + steps - 1) / steps : 0) {
+        per_step_(steps > 0 ? (run.lines + steps - 1) / steps : 0),
+        retry_(run.retry) {
     if (steps <= 0) {
-      for (; line_ < end_; line_ += kLine) RequestLine(line_);
+      for (; line_ < end_; line_ += kLine) RequestLine(line_, retry_);
     }
   }
 
   HWY_INLINE void Step() {
     const char* stop = line_ + per_step_ * kLine;
     if (stop > end_) stop = end_;
-    for (; line_ < stop; line_ += kLine) RequestLine(line_);
+    for (; line_ < stop; line_ += kLine) RequestLine(line_, retry_);
   }
 
  private:
   const char* line_;
   const char* end_;
   int64_t per_step_;
+  bool retry_;
 };
 
 // Requests the cache lines of the next tile into L2 while this one computes:
@@ -388,6 +392,7 @@ class TilePrefetcher {
   HWY_INLINE LineRun Take(int64_t ticks) {
     credit_ += rate_ * ticks;
     LineRun run;
+    run.retry = retry_;
     if (credit_ < kUnit) return run;
     if (HWY_UNLIKELY(next_ >= end_) && !NextRun()) return run;
     run.first = next_;
@@ -468,7 +473,8 @@ HWY_INLINE VF BlockDots(const T* const* rows, const float* query,
   VF acc[kLanes];
   for (int i = 0; i < kLanes; ++i) acc[i] = hn::Zero(df);
 
-  LineDrip drip(prefetcher.Take(DotTicks(dim)), DotTicks(dim));
+  const int64_t ticks = DotTicks(dim);
+  LineDrip drip(prefetcher.Take(ticks), ticks);
   for (int64_t d = 0; d < pair_end; d += kPair) {
     drip.Step();
     VF ka[kT], kb[kT];
@@ -534,7 +540,8 @@ HWY_INLINE VF BlockDotsBf16(const hwy::bfloat16_t* const* rows,
   VF acc[kLanes];
   for (int i = 0; i < kLanes; ++i) acc[i] = hn::Zero(df);
   int64_t d = 0;
-  LineDrip drip(prefetcher.Take(DotTicks(dim)), DotTicks(dim));
+  const int64_t ticks = DotTicks(dim);
+  LineDrip drip(prefetcher.Take(ticks), ticks);
   for (; d + kBf16Lanes <= dim; d += kBf16Lanes) {
     drip.Step();
     __m512i k[kT];
