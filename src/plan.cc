@@ -21,6 +21,12 @@ void AttendedRange(int64_t start, int64_t end, int64_t seq_len,
   *end_out = hi;
 }
 
+int64_t DefaultBlockSize(int64_t group_size, int64_t window_left) {
+  if (group_size > 8) return kShortTileTokens;
+  if (window_left >= 0 && window_left < kChunkTokens) return kShortTileTokens;
+  return kLongTileTokens;
+}
+
 Plan MakePlan(const Problem& problem) {
   Plan plan;
   plan.block_size = problem.block_size;

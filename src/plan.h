@@ -19,9 +19,21 @@
 
 namespace raggedattn {
 
-// Tokens per tile when the caller does not choose: a tile's logits for a
-// group of 8 heads stay within 4 KiB, well inside L1.
-inline constexpr int64_t kDefaultBlockSize = 32;
+// Tokens per tile when the caller does not choose, for groups of up to 8
+// query heads per KV head (a tile's logits for a group of 8 heads then take
+// 8 KiB, well inside L1). Measured with `raggedattn bench` from memory,
+// 64 against 32, runs alternating: on 2 threads Gemma-2-9B 79-81% of read
+// bandwidth -> 82-84% and Qwen2.5-7B 74-75% -> 75-78% with bf16, f32
+// Llama-3-8B 81-82% -> 86-87%; on 1 thread Gemma-2-9B 60% -> 66% with bf16,
+// f32 Llama-3-8B 59% -> 67%; Llama-3-8B and Mistral-7B with bf16 unchanged.
+inline constexpr int64_t kLongTileTokens = 64;
+// Tokens per tile when the caller does not choose, otherwise: larger groups
+// (bound by their arithmetic: Falcon-7B 63-70% of FMA peak with 32 against
+// 61-65% with 64) and windows shorter than a chunk (gpt-oss-20b's 128
+// tokens, batch 1 on 2 threads: 23% of read bandwidth with 32 against 19%
+// with 64; a call's first tile is read without having been requested, and
+// presumably costs more the larger it is).
+inline constexpr int64_t kShortTileTokens = 32;
 
 // Target tokens per chunk. Large enough that the per-chunk merge is noise
 // next to reading the chunk's KV rows, small enough that one long row still
@@ -58,6 +70,10 @@ struct Plan {
 void AttendedRange(int64_t start, int64_t end, int64_t seq_len,
                    int64_t window_left, int64_t window_right, int64_t* begin,
                    int64_t* end_out);
+
+// Returns the block size for a problem whose caller chose none, from its
+// group size and window alone (see kLongTileTokens).
+int64_t DefaultBlockSize(int64_t group_size, int64_t window_left);
 
 // Builds the plan of a validated problem.
 Plan MakePlan(const Problem& problem);

@@ -326,7 +326,8 @@ Problem Validate(const TensorView& query, const TensorView& key,
     p.window_left = options.sliding_window->left;
     p.window_right = options.sliding_window->right;
   }
-  p.block_size = options.block_size.value_or(kDefaultBlockSize);
+  p.block_size = options.block_size.value_or(
+      DefaultBlockSize(p.group_size, p.window_left));
   p.num_threads =
       options.num_threads == 0 ? DefaultThreadCount() : options.num_threads;
 

@@ -73,7 +73,8 @@ TEST(Accuracy, LargeGroupsWithEveryOption) {
       Case c;
       c.Batch(3).Heads(40, 2).Dims(72, 40).SeqLen(140).DTypes(query, kv);
       c.Window(90, 3).SoftCap(20.0).Sinks(SinkShape::kPerQoHead, 2, kv);
-      c.BlockSize(seed % 2 ? 32 : 13).Seed(seed++);
+      c.BlockSize(seed % 2 ? 32 : 13);
+      c.Seed(seed++);
       c.Ranges({0, 30, 139}, {140, 100, 140});
       ExpectMatchesOnAllTargets(c);
     }
