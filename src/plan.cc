@@ -21,10 +21,15 @@ void AttendedRange(int64_t start, int64_t end, int64_t seq_len,
   *end_out = hi;
 }
 
-int64_t DefaultBlockSize(int64_t group_size, int64_t window_left) {
+int64_t DefaultBlockSize(int64_t group_size, int64_t window_left,
+                         int64_t token_bytes) {
   if (group_size > 8) return kShortTileTokens;
   if (window_left >= 0 && window_left < kChunkTokens) return kShortTileTokens;
-  return kLongTileTokens;
+  int64_t tokens = group_size <= 2 ? 2 * kLongTileTokens : kLongTileTokens;
+  while (tokens > kShortTileTokens && token_bytes > kMaxTileBytes / tokens) {
+    tokens /= 2;
+  }
+  return tokens;
 }
 
 Plan MakePlan(const Problem& problem) {

@@ -19,14 +19,23 @@
 
 namespace raggedattn {
 
-// Tokens per tile when the caller does not choose, for groups of up to 8
-// query heads per KV head (a tile's logits for a group of 8 heads then take
-// 8 KiB, well inside L1). Measured with `raggedattn bench` from memory,
-// 64 against 32, runs alternating: on 2 threads Gemma-2-9B 79-81% of read
-// bandwidth -> 82-84% and Qwen2.5-7B 74-75% -> 75-78% with bf16, f32
-// Llama-3-8B 81-82% -> 86-87%; on 1 thread Gemma-2-9B 60% -> 66% with bf16,
-// f32 Llama-3-8B 59% -> 67%; Llama-3-8B and Mistral-7B with bf16 unchanged.
+// Tokens per tile when the caller does not choose (DefaultBlockSize): up to
+// kLongTileTokens for groups of up to 8 query heads per KV head, and up to
+// twice that for groups of 1 or 2, whose arithmetic per byte is least; then
+// halved while a tile's key and value rows exceed kMaxTileBytes. Longer
+// tiles read faster from memory, measured with `raggedattn bench` from
+// memory, runs alternating:
+// - 64 tokens against 32: on 2 threads Gemma-2-9B 79-81% of read bandwidth
+//   -> 82-84% and Qwen2.5-7B 74-75% -> 75-78% with bf16, f32 Llama-3-8B
+//   81-82% -> 86-87%; on 1 thread f32 Llama-3-8B 59% -> 67%; Llama-3-8B and
+//   Mistral-7B with bf16 unchanged;
+// - for groups of 1 and 2, 128 tokens against 64: 1 thread 63-65% -> 70-73%
+//   (bf16, head_dim 128 and 256), 2 threads the same or better. For
+//   Gemma-2-9B with f32 (16 KiB of rows per token) 128 tokens ran worse
+//   than 64 (1 thread 69% against 75%, 2 threads 76-77% against 85-87%),
+//   hence the cap on bytes.
 inline constexpr int64_t kLongTileTokens = 64;
+inline constexpr int64_t kMaxTileBytes = int64_t{1} << 20;
 // Tokens per tile when the caller does not choose, otherwise: larger groups
 // (bound by their arithmetic: Falcon-7B 63-70% of FMA peak with 32 against
 // 61-65% with 64) and windows shorter than a chunk (gpt-oss-20b's 128
@@ -72,8 +81,10 @@ void AttendedRange(int64_t start, int64_t end, int64_t seq_len,
                    int64_t* end_out);
 
 // Returns the block size for a problem whose caller chose none, from its
-// group size and window alone (see kLongTileTokens).
-int64_t DefaultBlockSize(int64_t group_size, int64_t window_left);
+// group size, window and the bytes of key and value rows per token (every
+// KV head) alone (see kLongTileTokens).
+int64_t DefaultBlockSize(int64_t group_size, int64_t window_left,
+                         int64_t token_bytes);
 
 // Builds the plan of a validated problem.
 Plan MakePlan(const Problem& problem);

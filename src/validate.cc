@@ -326,8 +326,17 @@ Problem Validate(const TensorView& query, const TensorView& key,
     p.window_left = options.sliding_window->left;
     p.window_right = options.sliding_window->right;
   }
+  // A token's key and value rows of every KV head, in bytes. A view with an
+  // empty extent may name any other extents, so the product is formed in
+  // double and capped; only its comparison with a tile's budget matters.
+  const double row_bytes =
+      static_cast<double>(p.num_kv_heads) *
+      (static_cast<double>(p.head_dim) + static_cast<double>(p.head_dim_v)) *
+      static_cast<double>(DTypeSize(p.kv_dtype));
+  const int64_t token_bytes =
+      row_bytes < 0x1p62 ? static_cast<int64_t>(row_bytes) : int64_t{1} << 62;
   p.block_size = options.block_size.value_or(
-      DefaultBlockSize(p.group_size, p.window_left));
+      DefaultBlockSize(p.group_size, p.window_left, token_bytes));
   p.num_threads =
       options.num_threads == 0 ? DefaultThreadCount() : options.num_threads;
 
