@@ -17,6 +17,11 @@ namespace HWY_NAMESPACE {
 
 const char* TargetNameForTarget() { return hwy::TargetName(HWY_TARGET); }
 
+int LanesForTarget() {
+  return static_cast<int>(
+      hwy::HWY_NAMESPACE::Lanes(hwy::HWY_NAMESPACE::ScalableTag<float>()));
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace raggedattn
 HWY_AFTER_NAMESPACE();
@@ -25,6 +30,7 @@ HWY_AFTER_NAMESPACE();
 namespace raggedattn {
 
 HWY_EXPORT(TargetNameForTarget);
+HWY_EXPORT(LanesForTarget);
 
 void RunPlan(const Problem& problem, const Plan& plan,
              const PartialStates& states) {
@@ -41,6 +47,8 @@ void RunPlan(const Problem& problem, const Plan& plan,
 const char* DispatchedTargetName() {
   return HWY_DYNAMIC_DISPATCH(TargetNameForTarget)();
 }
+
+int DispatchedLanes() { return HWY_DYNAMIC_DISPATCH(LanesForTarget)(); }
 
 namespace {
 std::atomic<bool> bf16_dots_allowed{true};

@@ -37,6 +37,8 @@ void RunPlanF32(const Problem& problem, const Plan& plan,
 
 // Returns the name of the SIMD target RunPlan dispatches to.
 const char* DispatchedTargetName();
+// Returns the floats per vector of that target.
+int DispatchedLanes();
 
 // Whether the AVX-512 kernels may compute bf16 x bf16 dot products with
 // AVX512-BF16 (vdpbf16ps): the CPU has it and it is allowed. Tests turn it

@@ -21,10 +21,10 @@ namespace raggedattn {
 
 // Tokens per tile when the caller does not choose (DefaultBlockSize): up to
 // kLongTileTokens for groups of up to 8 query heads per KV head, and up to
-// twice that for groups of 1 or 2, whose arithmetic per byte is least; then
-// halved while a tile's key and value rows exceed kMaxTileBytes. Longer
-// tiles read faster from memory, measured with `raggedattn bench` from
-// memory, runs alternating:
+// twice that for groups of 1 or 2 on targets with 16 floats per vector,
+// whose arithmetic per byte is least; then halved while a tile's key and
+// value rows exceed kMaxTileBytes. Longer tiles read faster from memory,
+// measured with `raggedattn bench` from memory, runs alternating:
 // - 64 tokens against 32: on 2 threads Gemma-2-9B 79-81% of read bandwidth
 //   -> 82-84% and Qwen2.5-7B 74-75% -> 75-78% with bf16, f32 Llama-3-8B
 //   81-82% -> 86-87%; on 1 thread f32 Llama-3-8B 59% -> 67%; Llama-3-8B and
@@ -33,7 +33,9 @@ namespace raggedattn {
 //   (bf16, head_dim 128 and 256), 2 threads the same or better. For
 //   Gemma-2-9B with f32 (16 KiB of rows per token) 128 tokens ran worse
 //   than 64 (1 thread 69% against 75%, 2 threads 76-77% against 85-87%),
-//   hence the cap on bytes.
+//   hence the cap on bytes. The AVX2 code (8 floats per vector, twice the
+//   instructions per byte) ran Gemma-2-9B 3-4 points slower with 128 than
+//   with 64 on 1 and 2 threads, and 64 as fast as 32.
 inline constexpr int64_t kLongTileTokens = 64;
 inline constexpr int64_t kMaxTileBytes = int64_t{1} << 20;
 // Tokens per tile when the caller does not choose, otherwise: larger groups
@@ -81,10 +83,11 @@ void AttendedRange(int64_t start, int64_t end, int64_t seq_len,
                    int64_t* end_out);
 
 // Returns the block size for a problem whose caller chose none, from its
-// group size, window and the bytes of key and value rows per token (every
-// KV head) alone (see kLongTileTokens).
+// group size, window, the bytes of key and value rows per token (every KV
+// head) and the floats per vector of the kernel's SIMD target alone (see
+// kLongTileTokens).
 int64_t DefaultBlockSize(int64_t group_size, int64_t window_left,
-                         int64_t token_bytes);
+                         int64_t token_bytes, int lanes);
 
 // Builds the plan of a validated problem.
 Plan MakePlan(const Problem& problem);

@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "src/decode_kernel.h"
 #include "src/dtype.h"
 #include "src/plan.h"
 #include "src/problem.h"
@@ -335,8 +336,8 @@ Problem Validate(const TensorView& query, const TensorView& key,
       static_cast<double>(DTypeSize(p.kv_dtype));
   const int64_t token_bytes =
       row_bytes < 0x1p62 ? static_cast<int64_t>(row_bytes) : int64_t{1} << 62;
-  p.block_size = options.block_size.value_or(
-      DefaultBlockSize(p.group_size, p.window_left, token_bytes));
+  p.block_size = options.block_size.value_or(DefaultBlockSize(
+      p.group_size, p.window_left, token_bytes, DispatchedLanes()));
   p.num_threads =
       options.num_threads == 0 ? DefaultThreadCount() : options.num_threads;
 
