@@ -51,8 +51,12 @@ const char* DispatchedTargetName() {
 int DispatchedLanes() { return HWY_DYNAMIC_DISPATCH(LanesForTarget)(); }
 
 namespace {
-std::atomic<bool> bf16_dots_allowed{true};
 std::atomic<int64_t> bf16_dot_runs{0};
+
+std::atomic<bool>& Bf16DotsAllowedFlag() {
+  static std::atomic<bool> allowed{CpuPrefersBf16DotProducts()};
+  return allowed;
+}
 }  // namespace
 
 bool CpuHasBf16DotProducts() {
@@ -64,13 +68,23 @@ bool CpuHasBf16DotProducts() {
 #endif
 }
 
+bool CpuPrefersBf16DotProducts() {
+#if HWY_ARCH_X86 && defined(__GNUC__)
+  static const bool prefers =
+      CpuHasBf16DotProducts() && __builtin_cpu_is("amd");
+  return prefers;
+#else
+  return false;
+#endif
+}
+
 bool Bf16DotProductsAllowed() {
   return CpuHasBf16DotProducts() &&
-         bf16_dots_allowed.load(std::memory_order_relaxed);
+         Bf16DotsAllowedFlag().load(std::memory_order_relaxed);
 }
 
 void AllowBf16DotProducts(bool allowed) {
-  bf16_dots_allowed.store(allowed, std::memory_order_relaxed);
+  Bf16DotsAllowedFlag().store(allowed, std::memory_order_relaxed);
 }
 
 void CountBf16DotProductRun() {

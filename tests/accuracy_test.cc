@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -105,13 +106,15 @@ TEST(Accuracy, Bf16DotProductsRunAndMatch) {
       const bool applies = query == DType::kBF16 &&
                            (shape.num_qo_heads / shape.num_kv_heads <= 8 ||
                             shape.head_dim % 2 == 0);
-      ASSERT_TRUE(Bf16DotProductsAllowed());
       const int64_t before = Bf16DotProductRuns();
-      const Outputs with = RunLibrary(c, inputs);
+      const Outputs with = [&] {
+        const ScopedBf16DotProducts on(true);
+        return RunLibrary(c, inputs);
+      }();
       EXPECT_EQ(Bf16DotProductRuns() - before, applies ? 1 : 0)
           << c.Describe();
       const Outputs without = [&] {
-        const NoBf16DotProducts off;
+        const ScopedBf16DotProducts off(false);
         return RunLibrary(c, inputs);
       }();
       EXPECT_EQ(Bf16DotProductRuns() - before, applies ? 1 : 0)
@@ -120,6 +123,25 @@ TEST(Accuracy, Bf16DotProductsRunAndMatch) {
       ExpectMatches(c, inputs, expected, without);
     }
   }
+}
+
+// Left alone, a bf16 call uses the AVX512-BF16 kernels exactly where they
+// are the faster ones (CpuPrefersBf16DotProducts), which needs the
+// instructions.
+TEST(Accuracy, Bf16DotProductsByDefaultOnlyWhereFaster) {
+  EXPECT_TRUE(!CpuPrefersBf16DotProducts() || CpuHasBf16DotProducts());
+  EXPECT_EQ(Bf16DotProductsAllowed(), CpuPrefersBf16DotProducts());
+  Case c;
+  c.Batch(1).Heads(32, 8).Dims(128, 128).SeqLen(64).Seed(281);
+  c.DTypes(DType::kBF16, DType::kBF16);
+  const Inputs inputs = MakeInputs(c);
+  const bool dispatches_avx3 =
+      std::string(active_simd_target()).rfind("AVX3", 0) == 0;
+  const int64_t before = Bf16DotProductRuns();
+  const Outputs outputs = RunLibrary(c, inputs);
+  EXPECT_EQ(Bf16DotProductRuns() - before,
+            dispatches_avx3 && CpuPrefersBf16DotProducts() ? 1 : 0);
+  ExpectMatches(c, inputs, Reference(c, inputs), outputs);
 }
 
 TEST(Accuracy, HeadDims) {

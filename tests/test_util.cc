@@ -369,12 +369,19 @@ void ForEachTarget(const std::function<void()>& body) {
     SCOPED_TRACE(std::string("SIMD target ") + name);
     // Without this the loop could run one target five times unnoticed.
     ASSERT_STREQ(active_simd_target(), name);
-    body();
     // AVX-512 targets on a CPU with AVX512-BF16 have a second kernel for
-    // bf16 x bf16 dot products; the run above used it where it applies.
+    // bf16 x bf16 dot products, used by default only where it is faster:
+    // both run, whatever the default.
     if (target <= HWY_AVX3 && CpuHasBf16DotProducts()) {
+      {
+        SCOPED_TRACE("with AVX512-BF16 dot products");
+        const ScopedBf16DotProducts on(true);
+        body();
+      }
       SCOPED_TRACE("without AVX512-BF16 dot products");
-      const NoBf16DotProducts off;
+      const ScopedBf16DotProducts off(false);
+      body();
+    } else {
       body();
     }
   }

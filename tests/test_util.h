@@ -228,13 +228,20 @@ inline void ExpectMatchesOnAllTargets(const Case& c) {
   ExpectMatchesOnAllTargets(c, MakeInputs(c));
 }
 
-// Turns the AVX512-BF16 dot products off for a scope, and on again after.
-class NoBf16DotProducts {
+// Turns the AVX512-BF16 dot products on or off for a scope (on: where the
+// CPU has them), and back as they were after.
+class ScopedBf16DotProducts {
  public:
-  NoBf16DotProducts() { AllowBf16DotProducts(false); }
-  ~NoBf16DotProducts() { AllowBf16DotProducts(true); }
-  NoBf16DotProducts(const NoBf16DotProducts&) = delete;
-  NoBf16DotProducts& operator=(const NoBf16DotProducts&) = delete;
+  explicit ScopedBf16DotProducts(bool allowed)
+      : before_(Bf16DotProductsAllowed()) {
+    AllowBf16DotProducts(allowed);
+  }
+  ~ScopedBf16DotProducts() { AllowBf16DotProducts(before_); }
+  ScopedBf16DotProducts(const ScopedBf16DotProducts&) = delete;
+  ScopedBf16DotProducts& operator=(const ScopedBf16DotProducts&) = delete;
+
+ private:
+  bool before_;
 };
 
 // Returns the SIMD targets this build has and this CPU runs.

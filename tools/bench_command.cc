@@ -21,6 +21,7 @@
 #include "CLI/CLI.hpp"
 #include "hwy/targets.h"
 #include "raggedattn/raggedattn.h"
+#include "src/decode_kernel.h"
 #include "src/reference/reference.h"
 #include "tools/commands.h"
 #include "tools/presets.h"
@@ -440,11 +441,19 @@ int RunBench(const BenchArguments& args) {
   for (const int t : threads) {
     thread_list += (thread_list.empty() ? "" : ",") + std::to_string(t);
   }
+  // Whether bf16 logits use vdpbf16ps, where the CPU has it (see
+  // CpuPrefersBf16DotProducts).
+  std::string bf16_dots;
+  if (dtype == DType::kBF16 && CpuHasBf16DotProducts() &&
+      std::string(active_simd_target()).rfind("AVX3", 0) == 0) {
+    bf16_dots = Bf16DotProductsAllowed() ? " with AVX512-BF16 dot products"
+                                         : " without AVX512-BF16 dot products";
+  }
   std::printf(
-      "raggedattn bench: SIMD target %s (probes %s), threads %s of %d "
+      "raggedattn bench: SIMD target %s%s (probes %s), threads %s of %d "
       "cores, query/KV %s, %s\n",
-      active_simd_target(), bench::ProbeTargetName(), thread_list.c_str(),
-      cores, DTypeName(dtype), working_set);
+      active_simd_target(), bf16_dots.c_str(), bench::ProbeTargetName(),
+      thread_list.c_str(), cores, DTypeName(dtype), working_set);
   PrintTableHeader();
 
   bool any_error = false;
