@@ -52,7 +52,8 @@ void MergeHead(const Problem& problem, const RowPlan& row, int64_t b,
     const int64_t state = (row.first_chunk + c) * heads + head;
     const double m = states.max[state];
     // An empty chunk (max -inf) weighs 0; exp(-inf - -inf) would be NaN.
-    weights[c] = m == kNegInf ? 0.0 : std::exp(m - max);
+    // The chunk with the max (every row of one chunk) weighs exactly 1.
+    weights[c] = m == kNegInf ? 0.0 : m == max ? 1.0 : std::exp(m - max);
     denominator += weights[c] * states.sum[state];
   }
   for (int64_t n = 0; has_sinks && n < problem.num_sinks; ++n) {
@@ -73,7 +74,7 @@ void MergeHead(const Problem& problem, const RowPlan& row, int64_t b,
       const float weight = static_cast<float>(weights[c] / denominator);
       const float* out =
           states.out + ((row.first_chunk + c) * heads + head) * dim_v;
-      for (int64_t d = 0; d < dim_v; ++d) row_out[d] += weight * out[d];
+      AddScaledRow(out, weight, dim_v, row_out);
     }
   }
   StoreOutputRow(row_out, dim_v, problem.output, problem.query_dtype,

@@ -57,6 +57,21 @@ void StoreBF16Row(const float* in, int64_t n, uint16_t* out) {
   for (; i < n; ++i) out[i] = BF16BitsFromF32(in[i]);
 }
 
+// acc[i] += weight * x[i] for i < n, in vectors.
+void AddScaledRow(const float* x, float weight, int64_t n, float* acc) {
+  int64_t i = 0;
+#if HWY_TARGET != HWY_SCALAR
+  const hn::ScalableTag<float> df;
+  const auto w = hn::Set(df, weight);
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  for (; i + lanes <= n; i += lanes) {
+    hn::StoreU(hn::MulAdd(w, hn::LoadU(df, x + i), hn::LoadU(df, acc + i)),
+               df, acc + i);
+  }
+#endif
+  for (; i < n; ++i) acc[i] += weight * x[i];
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace raggedattn
 HWY_AFTER_NAMESPACE();
@@ -66,6 +81,7 @@ namespace raggedattn {
 
 HWY_EXPORT(StoreF16Row);
 HWY_EXPORT(StoreBF16Row);
+HWY_EXPORT(AddScaledRow);
 
 void StoreOutputRow(const float* in, int64_t n, void* base, DType dtype,
                     int64_t offset) {
@@ -80,6 +96,10 @@ void StoreOutputRow(const float* in, int64_t n, void* base, DType dtype,
     return;
   }
   StoreRowFromF32(in, n, base, dtype, offset);
+}
+
+void AddScaledRow(const float* x, float weight, int64_t n, float* acc) {
+  HWY_DYNAMIC_DISPATCH(AddScaledRow)(x, weight, n, acc);
 }
 
 }  // namespace raggedattn
