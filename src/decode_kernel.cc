@@ -68,14 +68,17 @@ bool CpuHasBf16DotProducts() {
 #endif
 }
 
-bool CpuPrefersBf16DotProducts() {
+bool CpuIsAmd() {
 #if HWY_ARCH_X86 && defined(__GNUC__)
-  static const bool prefers =
-      CpuHasBf16DotProducts() && __builtin_cpu_is("amd");
-  return prefers;
+  static const bool amd = __builtin_cpu_is("amd");
+  return amd;
 #else
   return false;
 #endif
+}
+
+bool CpuPrefersBf16DotProducts() {
+  return CpuHasBf16DotProducts() && CpuIsAmd();
 }
 
 bool Bf16DotProductsAllowed() {

@@ -56,6 +56,12 @@ void AllowBf16DotProducts(bool allowed);
 // 207), while on an AMD EPYC (family 26) it raised Falcon-7B from 51-56% to
 // 66-67% of FMA peak.
 bool CpuPrefersBf16DotProducts();
+
+// Whether the CPU is AMD's. Two defaults differ between AMD's cores and
+// Intel's, as measured on an AMD EPYC (Zen 5) and an Intel Xeon (family 6,
+// model 207): the AVX512-BF16 dot products above and the length of tiles
+// (DefaultBlockSize).
+bool CpuIsAmd();
 // Counts the RunPlan calls that used them, so tests can tell which kernel
 // ran.
 void CountBf16DotProductRun();

@@ -22,8 +22,8 @@ void AttendedRange(int64_t start, int64_t end, int64_t seq_len,
 }
 
 int64_t DefaultBlockSize(int64_t group_size, int64_t window_left,
-                         int64_t token_bytes, int lanes) {
-  if (group_size > 8) return kShortTileTokens;
+                         int64_t token_bytes, int lanes, bool long_tiles) {
+  if (!long_tiles || group_size > 8) return kShortTileTokens;
   if (window_left >= 0 && window_left < kChunkTokens) return kShortTileTokens;
   int64_t tokens =
       group_size <= 2 && lanes >= 16 ? 2 * kLongTileTokens : kLongTileTokens;

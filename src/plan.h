@@ -19,12 +19,13 @@
 
 namespace raggedattn {
 
-// Tokens per tile when the caller does not choose (DefaultBlockSize): up to
-// kLongTileTokens for groups of up to 8 query heads per KV head, and up to
-// twice that for groups of 1 or 2 on targets with 16 floats per vector,
-// whose arithmetic per byte is least; then halved while a tile's key and
-// value rows exceed kMaxTileBytes. Longer tiles read faster from memory,
-// measured with `raggedattn bench` from memory, runs alternating:
+// Tokens per tile when the caller does not choose (DefaultBlockSize), on
+// AMD's cores (`long_tiles`): up to kLongTileTokens for groups of up to 8
+// query heads per KV head, and up to twice that for groups of 1 or 2 on
+// targets with 16 floats per vector, whose arithmetic per byte is least;
+// then halved while a tile's key and value rows exceed kMaxTileBytes. There
+// longer tiles read faster from memory, measured with `raggedattn bench`
+// from memory on an AMD EPYC (Zen 5), runs alternating:
 // - 64 tokens against 32: on 2 threads Gemma-2-9B 79-81% of read bandwidth
 //   -> 82-84% and Qwen2.5-7B 74-75% -> 75-78% with bf16, f32 Llama-3-8B
 //   81-82% -> 86-87%; on 1 thread f32 Llama-3-8B 59% -> 67%; Llama-3-8B and
@@ -36,6 +37,11 @@ namespace raggedattn {
 //   hence the cap on bytes. The AVX2 code (8 floats per vector, twice the
 //   instructions per byte) ran Gemma-2-9B 3-4 points slower with 128 than
 //   with 64 on 1 and 2 threads, and 64 as fast as 32.
+// On an Intel Xeon (family 6, model 207) the same runs went the other way,
+// so other CPUs keep kShortTileTokens throughout: bf16 at context 32768,
+// batch 1 and 8, 32 tokens against 64 and 128, Gemma-2-9B 82-86% against
+// 76-83% and 64-67% on 1 thread, Llama-3-8B 79-81% against 77-78% and
+// 68-76%; f32 Gemma-2-9B 88-96% against 74-76%; 16 tokens no better than 32.
 inline constexpr int64_t kLongTileTokens = 64;
 inline constexpr int64_t kMaxTileBytes = int64_t{1} << 20;
 // Tokens per tile when the caller does not choose, otherwise: larger groups
@@ -84,10 +90,10 @@ void AttendedRange(int64_t start, int64_t end, int64_t seq_len,
 
 // Returns the block size for a problem whose caller chose none, from its
 // group size, window, the bytes of key and value rows per token (every KV
-// head) and the floats per vector of the kernel's SIMD target alone (see
-// kLongTileTokens).
+// head), the floats per vector of the kernel's SIMD target and whether the
+// CPU takes long tiles (CpuIsAmd) alone (see kLongTileTokens).
 int64_t DefaultBlockSize(int64_t group_size, int64_t window_left,
-                         int64_t token_bytes, int lanes);
+                         int64_t token_bytes, int lanes, bool long_tiles);
 
 // Builds the plan of a validated problem.
 Plan MakePlan(const Problem& problem);

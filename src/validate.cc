@@ -337,7 +337,7 @@ Problem Validate(const TensorView& query, const TensorView& key,
   const int64_t token_bytes =
       row_bytes < 0x1p62 ? static_cast<int64_t>(row_bytes) : int64_t{1} << 62;
   p.block_size = options.block_size.value_or(DefaultBlockSize(
-      p.group_size, p.window_left, token_bytes, DispatchedLanes()));
+      p.group_size, p.window_left, token_bytes, DispatchedLanes(), CpuIsAmd()));
   p.num_threads =
       options.num_threads == 0 ? DefaultThreadCount() : options.num_threads;
 

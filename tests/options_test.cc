@@ -11,6 +11,7 @@
 
 #include "gtest/gtest.h"
 #include "raggedattn/raggedattn.h"
+#include "src/plan.h"
 #include "tests/test_util.h"
 
 namespace raggedattn {
@@ -84,8 +85,8 @@ TEST(Options, DefaultBlockSizeFollowsTheRule) {
     int64_t qo_heads, kv_heads, dim;
     DType kv;
     int64_t window_left;  // -1: none
-    int64_t expected;     // the rule's block size with 16 floats per vector
-    int64_t narrow;       // and with fewer
+    int64_t expected;     // the rule's block size on AMD, 16 floats a vector
+    int64_t narrow;       // and with fewer; elsewhere always 32
   };
   const Shape shapes[] = {
       {8, 2, 64, DType::kBF16, -1, 64, 64},    // group 4
@@ -112,8 +113,9 @@ TEST(Options, DefaultBlockSizeFollowsTheRule) {
         "/" + std::to_string(shape.dim) + " " + DTypeName(shape.kv) +
         " window " + std::to_string(shape.window_left);
     ForEachTarget([&] {
-      const int64_t expected =
-          DispatchedLanes() >= 16 ? shape.expected : shape.narrow;
+      const int64_t expected = !CpuIsAmd()               ? 32
+                               : DispatchedLanes() >= 16 ? shape.expected
+                                                         : shape.narrow;
       Case rule = c;
       rule.BlockSize(expected);
       Case half = c;
@@ -127,6 +129,35 @@ TEST(Options, DefaultBlockSizeFollowsTheRule) {
                    by_default.lse.SameBytes(by_half.lse))
           << name;
     });
+  }
+}
+
+// The rule itself, for CPUs with and without long tiles, whichever this
+// one is.
+TEST(Options, DefaultBlockSizeRule) {
+  // Group, window_left, bytes per token, lanes, long tiles: block size.
+  struct Row {
+    int64_t group, window_left, token_bytes;
+    int lanes;
+    bool long_tiles;
+    int64_t expected;
+  };
+  const Row rows[] = {
+      {4, -1, 4096, 16, true, 64},    {4, -1, 4096, 8, true, 64},
+      {2, -1, 4096, 16, true, 128},   {2, -1, 4096, 8, true, 64},
+      {1, -1, 8192, 16, true, 128},   {1, -1, 8193, 16, true, 64},
+      {2, -1, 16384, 16, true, 64},   {8, -1, 32768, 16, true, 32},
+      {8, -1, 1 << 20, 16, true, 32}, {2, 511, 512, 16, true, 32},
+      {2, 512, 512, 16, true, 128},   {9, -1, 512, 16, true, 32},
+      {71, -1, 128, 16, true, 32},    {4, -1, 4096, 16, false, 32},
+      {1, -1, 512, 16, false, 32},    {2, 4095, 8192, 16, false, 32},
+  };
+  for (const Row& r : rows) {
+    EXPECT_EQ(DefaultBlockSize(r.group, r.window_left, r.token_bytes, r.lanes,
+                               r.long_tiles),
+              r.expected)
+        << "group " << r.group << " window " << r.window_left << " bytes "
+        << r.token_bytes << " lanes " << r.lanes << " long " << r.long_tiles;
   }
 }
 
