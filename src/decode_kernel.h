@@ -62,8 +62,9 @@ bool CpuPrefersBf16DotProducts();
 // model 207): the AVX512-BF16 dot products above and the length of tiles
 // (DefaultBlockSize).
 bool CpuIsAmd();
-// Counts the RunPlan calls that used them, so tests can tell which kernel
-// ran.
+
+// Counts the RunPlan calls that used the AVX512-BF16 dot products, so tests
+// can tell which kernel ran.
 void CountBf16DotProductRun();
 int64_t Bf16DotProductRuns();
 
