@@ -49,12 +49,13 @@ bool Bf16DotProductsAllowed();
 bool CpuHasBf16DotProducts();
 void AllowBf16DotProducts(bool allowed);
 // Whether vdpbf16ps is faster here than widening the keys to f32 and using
-// FMAs: on AMD's cores (Zen 5, measured), not on Intel's. Intel's Xeons run
-// it at half an instruction per cycle against two FMAs per cycle; without
-// it, bench in L2 (`--small --context 256 --threads 1`) computed Llama-3-8B
-// 17% faster, Qwen2.5-7B 20% and Falcon-7B 30% on a Xeon (family 6, model
-// 207), while on an AMD EPYC (family 26) it raised Falcon-7B from 51-56% to
-// 66-67% of FMA peak.
+// FMAs: on AMD's cores (Zen 5, measured), not on Intel's. A Xeon (family 6,
+// model 207) ran it at about half an instruction per cycle against two FMAs
+// per cycle; there bench in L2 (`--small --context 256 --batch 1 --threads
+// 1`, two runs each way) computed Llama-3-8B at 20.2-20.4 GB/s without it
+// and 17.2-17.7 with it, Qwen2.5-7B at 12.3-12.4 and 10.2-10.4, and
+// Falcon-7B at 39-40% of FMA peak and 30-34%. On an AMD EPYC (family 26) it
+// raised Falcon-7B from 51-56% to 66-67% of FMA peak.
 bool CpuPrefersBf16DotProducts();
 
 // Whether the CPU is AMD's. Two defaults differ between AMD's cores and
